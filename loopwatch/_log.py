@@ -1,0 +1,31 @@
+"""The ``loopwatch`` logger, and logging an internal failure once per kind.
+
+loopwatch must never break the program it watches: when something inside it
+fails, it says so once (with the traceback) and carries on with less.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+logger = logging.getLogger("loopwatch")
+
+_seen: set[str] = set()
+_seen_lock = threading.Lock()
+
+
+def log_once(key: str, message: str, *, exc_info: bool = True) -> bool:
+    """Log ``message`` at WARNING the first time ``key`` is seen; True if it was logged."""
+    with _seen_lock:
+        if key in _seen:
+            return False
+        _seen.add(key)
+    logger.warning(message, exc_info=exc_info)
+    return True
+
+
+def forget(key: str) -> None:
+    """Allow ``key`` to be logged again (used by tests)."""
+    with _seen_lock:
+        _seen.discard(key)

@@ -1,0 +1,219 @@
+"""Configuration: one validated, immutable object shared by every entry surface.
+
+The same field names are used for keyword arguments, CLI flags (``--threshold``),
+environment variables (``LOOPWATCH_THRESHOLD``) and pytest ini keys
+(``loopwatch_threshold``). Values are validated once, here, and a bad value is
+reported with the field, the value, where it came from and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+if TYPE_CHECKING:
+    from loopwatch.model import Block
+
+Mode = Literal["report", "log", "raise"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+ENV_PREFIX = "LOOPWATCH_"
+
+#: Thousand-cuts attribution never goes below this: shorter iterations are normal.
+MIN_SITE_THRESHOLD = 0.002
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings for one watch session.
+
+    >>> Config(threshold=0.05).threshold
+    0.05
+    """
+
+    threshold: float = 0.1
+    """A loop iteration busy longer than this many seconds is a block."""
+    sample_interval: float = 0.002
+    """Seconds between stack samples of a loop that is blocking."""
+    site_threshold: float | None = None
+    """Iterations longer than this are aggregated per site (default: threshold / 10, >= 2 ms)."""
+    precise: bool = False
+    """Also time each callback and task step (costs more per callback)."""
+    profile: bool = False
+    """Run yappi while watching (heaviest mode)."""
+    include: tuple[str, ...] = ()
+    """fnmatch patterns of files that count as user code even if installed."""
+    exclude: tuple[str, ...] = ()
+    """fnmatch patterns of files that never count as user code."""
+    max_blocks: int = 1000
+    """How many blocks a session keeps; older ones are dropped (sites keep counting)."""
+    on_block: Callable[[Block], Any] | None = field(default=None, compare=False)
+    """Called with each :class:`~loopwatch.Block` as it is found (from the watchdog thread)."""
+    mode: Mode = "report"
+    """``report``: collect; ``log``: also log each block; ``raise``: leaving watch() raises."""
+    deadman: bool = True
+    """Use faulthandler to capture stacks inside C calls that hold the GIL."""
+
+    def __post_init__(self) -> None:
+        _validate(self, source="argument")
+
+    @property
+    def effective_site_threshold(self) -> float:
+        """The per-site aggregation threshold, resolved from its default."""
+        if self.site_threshold is not None:
+            return self.site_threshold
+        return max(self.threshold / 10, MIN_SITE_THRESHOLD)
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        env: Mapping[str, str] | None = None,
+        ini: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Config:
+        """Build a Config from, by precedence: kwargs > environment > ini > defaults.
+
+        >>> Config.resolve(env={"LOOPWATCH_THRESHOLD": "0.2"}).threshold
+        0.2
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(
+                f"unknown loopwatch option {unknown[0]!r}; known options: {', '.join(sorted(names))}"
+            )
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for source, mapping in (("ini", ini or {}), ("environment", _env_values(env, names))):
+            for name, raw in mapping.items():
+                if name not in names:
+                    continue
+                label = (
+                    f"environment variable {ENV_PREFIX}{name.upper()}"
+                    if source == "environment"
+                    else f"ini option loopwatch_{name}"
+                )
+                values[name] = _parse(name, raw, label)
+                sources[name] = label
+        for name, value in kwargs.items():
+            if value is not None:
+                values[name] = value
+                sources[name] = "argument"
+        try:
+            return cls(**values)
+        except ConfigError as error:
+            source = sources.get(error.name, "argument")
+            if source == "argument":
+                raise
+            raise ConfigError(error.name, error.value, source) from None
+
+    def with_changes(self, **changes: Any) -> Config:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+
+def _env_values(env: Mapping[str, str] | None, names: set[str]) -> dict[str, str]:
+    env = os.environ if env is None else env
+    out = {}
+    for name in names:
+        key = ENV_PREFIX + name.upper()
+        if key in env and env[key] != "":
+            out[name] = env[key]
+    return out
+
+
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+               "0": False, "false": False, "no": False, "off": False}
+
+
+def _parse(name: str, raw: Any, source: str) -> Any:
+    """Turn a string from the environment, ini file or command line into the field's type."""
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip()
+    try:
+        if name in ("threshold", "sample_interval", "site_threshold"):
+            return float(text)
+        if name == "max_blocks":
+            return int(text)
+        if name in ("precise", "profile", "deadman"):
+            return _BOOL_WORDS[text.lower()]
+        if name in ("include", "exclude"):
+            return tuple(p.strip() for p in text.replace("\n", ",").split(",") if p.strip())
+    except (ValueError, KeyError):
+        raise ConfigError(name, raw, source)
+    if name == "on_block":
+        raise ConfigError(name, raw, source)
+    return text
+
+
+_ALLOWED = {
+    "threshold": "expected a number of seconds > 0, e.g. 0.1",
+    "sample_interval": "expected a number of seconds > 0 and smaller than the threshold",
+    "site_threshold": "expected a number of seconds > 0 and not above the threshold",
+    "max_blocks": "expected a whole number >= 1",
+    "precise": "expected true or false",
+    "profile": "expected true or false",
+    "deadman": "expected true or false",
+    "include": "expected a list of fnmatch patterns",
+    "exclude": "expected a list of fnmatch patterns",
+    "mode": f"expected one of {', '.join(MODES)}",
+    "on_block": "expected a callable taking a Block, or None",
+}
+
+
+class ConfigError(ValueError):
+    """Raised when a loopwatch setting has a value it cannot use."""
+
+    def __init__(self, name: str, value: Any, source: str) -> None:
+        self.name, self.value, self.source = name, value, source
+        super().__init__(f"invalid loopwatch {name} {value!r} from {source}: {_ALLOWED[name]}")
+
+
+def _bad(name: str, value: Any, source: str) -> ConfigError:
+    return ConfigError(name, value, source)
+
+
+def _seconds(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _validate(config: Config, source: str) -> None:
+    if not _seconds(config.threshold):
+        raise _bad("threshold", config.threshold, source)
+    if not _seconds(config.sample_interval) or config.sample_interval >= config.threshold:
+        raise _bad("sample_interval", config.sample_interval, source)
+    if config.site_threshold is not None and (
+        not _seconds(config.site_threshold) or config.site_threshold > config.threshold
+    ):
+        raise _bad("site_threshold", config.site_threshold, source)
+    if (
+        not isinstance(config.max_blocks, int)
+        or isinstance(config.max_blocks, bool)
+        or config.max_blocks < 1
+    ):
+        raise _bad("max_blocks", config.max_blocks, source)
+    for flag in ("precise", "profile", "deadman"):
+        if not isinstance(getattr(config, flag), bool):
+            raise _bad(flag, getattr(config, flag), source)
+    for patterns in ("include", "exclude"):
+        value = getattr(config, patterns)
+        if isinstance(value, str):
+            object.__setattr__(config, patterns, (value,))
+        elif isinstance(value, Sequence) and all(isinstance(p, str) for p in value):
+            object.__setattr__(config, patterns, tuple(value))
+        else:
+            raise _bad(patterns, value, source)
+    if config.mode not in MODES:
+        raise _bad("mode", config.mode, source)
+    if config.on_block is not None and not callable(config.on_block):
+        raise _bad("on_block", config.on_block, source)

@@ -1,0 +1,319 @@
+"""The report model: plain data, JSON in and out, and the aggregation over blocks.
+
+Nothing here prints or touches an event loop. Renderers (console, export) read
+these objects; the watchdog creates them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from os import PathLike
+from typing import Any, Literal
+
+SCHEMA = 1
+
+Kind = Literal["cpu", "wait", "mixed", "unknown"]
+
+#: cpu_ratio at or above this is CPU-bound, at or below WAIT_RATIO it is waiting.
+CPU_RATIO = 0.8
+WAIT_RATIO = 0.2
+
+
+def classify(cpu_ratio: float | None) -> Kind:
+    """Name what a block spent its time on, from its CPU-time / wall-time ratio.
+
+    >>> classify(0.97), classify(0.01), classify(0.5)
+    ('cpu', 'wait', 'mixed')
+    """
+    if cpu_ratio is None:
+        return "unknown"
+    if cpu_ratio >= CPU_RATIO:
+        return "cpu"
+    if cpu_ratio <= WAIT_RATIO:
+        return "wait"
+    return "mixed"
+
+
+def advise(kind: Kind) -> str:
+    """The one-line fix suggested for a block or site of this kind."""
+    if kind == "cpu":
+        return 'CPU-bound: move it to a worker process with @loopwatch.offload("process")'
+    if kind == "wait":
+        return 'waiting: use an async API, or @loopwatch.offload("thread")'
+    if kind == "mixed":
+        return 'CPU and waiting: @loopwatch.offload("thread"), or split out the CPU part'
+    return "no CPU clock for this thread: check the stack"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One stack frame: source file, line number and function name."""
+
+    file: str
+    line: int
+    function: str
+
+    @property
+    def location(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A distinct stack seen while sampling a block, and how many samples saw it."""
+
+    frames: tuple[Frame, ...]
+    """Innermost last."""
+    count: int
+
+
+@dataclass(frozen=True)
+class Block:
+    """One loop iteration that was busy for longer than the threshold."""
+
+    id: int
+    loop: str
+    """Which loop: its class, a number, and the thread running it."""
+    started: float
+    """Wall-clock time (``time.time()``) the iteration began."""
+    duration: float
+    """Seconds the loop was busy, measured in the loop's own thread."""
+    cpu_ratio: float | None
+    """CPU time of the loop thread over wall time: ~1 computing, ~0 waiting."""
+    kind: Kind
+    frames: tuple[Frame, ...]
+    """The most-seen stack, innermost last."""
+    site: str | None
+    """``file:line`` of the innermost frame of user code (where to look)."""
+    function: str | None
+    """The function containing the site."""
+    task: str | None = None
+    """Name of the asyncio task that was running, when one was."""
+    coroutine: str | None = None
+    """Qualified name of that task's coroutine."""
+    callback: str | None = None
+    """The callback being run, when known (precise mode)."""
+    samples: int = 0
+    """Stack samples taken during the block."""
+    stacks: tuple[Stack, ...] = ()
+    """Every distinct stack seen, with counts (the block's mini-flamegraph)."""
+    source: str = "sampled"
+    """How the stack was obtained: ``sampled``, ``deadman`` (faulthandler, GIL held), ``none``."""
+    resolution: str = "exact"
+    """``exact`` (measured in the loop thread) or ``heartbeat`` (uvloop: +- one heartbeat)."""
+    advice: str = ""
+
+    @property
+    def user_frame(self) -> Frame | None:
+        """The frame named by ``site``."""
+        for frame in reversed(self.frames):
+            if frame.location == self.site:
+                return frame
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["frames"] = [asdict(f) for f in self.frames]
+        data["stacks"] = [
+            {"frames": [asdict(f) for f in s.frames], "count": s.count} for s in self.stacks
+        ]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Block:
+        data = dict(data)
+        data["frames"] = tuple(Frame(**f) for f in data.get("frames", ()))
+        data["stacks"] = tuple(
+            Stack(tuple(Frame(**f) for f in s["frames"]), s["count"])
+            for s in data.get("stacks", ())
+        )
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Site:
+    """All blocks attributed to one source line."""
+
+    site: str
+    function: str | None
+    count: int
+    total: float
+    max: float
+    p95: float
+    cpu_ratio: float | None
+    kind: Kind
+    advice: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Site:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class LoopStats:
+    """What one watched loop did during the session."""
+
+    loop: str
+    iterations: int
+    busy: float
+    """Seconds the loop spent running callbacks (not waiting in select)."""
+    watched: float
+    """Seconds the loop was watched."""
+    blocks: int
+    resolution: str = "exact"
+
+    @property
+    def busy_fraction(self) -> float:
+        return self.busy / self.watched if self.watched > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["busy_fraction"] = round(self.busy_fraction, 4)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoopStats:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything a watch session found: blocks, per-site aggregates, loop statistics."""
+
+    threshold: float
+    blocks: tuple[Block, ...] = ()
+    sites: tuple[Site, ...] = ()
+    loops: tuple[LoopStats, ...] = ()
+    dropped_blocks: int = 0
+    """Blocks found but not kept because of ``max_blocks`` (they still count in sites)."""
+    events: tuple[str, ...] = ()
+    """Notable things loopwatch did or could not do (degraded detection, offload decisions)."""
+    schema: int = field(default=SCHEMA)
+
+    @property
+    def total_blocked(self) -> float:
+        return sum(s.total for s in self.sites)
+
+    def worst(self, n: int = 5) -> list[Block]:
+        """The n longest blocks, longest first."""
+        return sorted(self.blocks, key=lambda b: b.duration, reverse=True)[:n]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "threshold": self.threshold,
+            "blocks": [b.to_dict() for b in self.blocks],
+            "sites": [s.to_dict() for s in self.sites],
+            "loops": [loop.to_dict() for loop in self.loops],
+            "dropped_blocks": self.dropped_blocks,
+            "events": list(self.events),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        schema = data.get("schema")
+        if schema != SCHEMA:
+            raise ValueError(f"unsupported loopwatch report schema {schema!r} (expected {SCHEMA})")
+        return cls(
+            threshold=float(data["threshold"]),
+            blocks=tuple(Block.from_dict(b) for b in data.get("blocks", ())),
+            sites=tuple(Site.from_dict(s) for s in data.get("sites", ())),
+            loops=tuple(LoopStats.from_dict(s) for s in data.get("loops", ())),
+            dropped_blocks=int(data.get("dropped_blocks", 0)),
+            events=tuple(data.get("events", ())),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | PathLike[str]) -> None:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(self.to_json())
+            out.write("\n")
+
+    @classmethod
+    def load(cls, path: str | PathLike[str]) -> Report:
+        with open(path, encoding="utf-8") as src:
+            return cls.from_json(src.read())
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank; 0.0 for no values.
+
+    >>> percentile([1.0, 2.0, 3.0, 4.0], 50)
+    2.0
+    """
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+class SiteAccumulator:
+    """Per-site running totals: memory stays bounded however many blocks arrive."""
+
+    #: Durations kept per site for the percentile; older ones are thinned out.
+    KEEP = 512
+
+    def __init__(self, site: str, function: str | None) -> None:
+        self.site = site
+        self.function = function
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+        self.cpu_time = 0.0
+        self.cpu_wall = 0.0
+        self.durations: list[float] = []
+
+    def add(self, duration: float, cpu_ratio: float | None) -> None:
+        self.count += 1
+        self.total += duration
+        self.max = max(self.max, duration)
+        if cpu_ratio is not None:
+            self.cpu_time += cpu_ratio * duration
+            self.cpu_wall += duration
+        if len(self.durations) >= self.KEEP:
+            # keep every other one: an unbiased thinning that bounds memory
+            del self.durations[::2]
+        self.durations.append(duration)
+
+    def freeze(self) -> Site:
+        ratio = self.cpu_time / self.cpu_wall if self.cpu_wall > 0 else None
+        kind = classify(ratio)
+        return Site(
+            site=self.site,
+            function=self.function,
+            count=self.count,
+            total=self.total,
+            max=self.max,
+            p95=percentile(self.durations, 95),
+            cpu_ratio=ratio,
+            kind=kind,
+            advice=advise(kind),
+        )
+
+
+def aggregate_sites(blocks: Iterable[Block]) -> tuple[Site, ...]:
+    """Group blocks by site, sorted by total time blocked (largest first)."""
+    accumulators: dict[str, SiteAccumulator] = {}
+    for block in blocks:
+        key = block.site or "<unknown>"
+        acc = accumulators.get(key)
+        if acc is None:
+            acc = accumulators[key] = SiteAccumulator(key, block.function)
+        acc.add(block.duration, block.cpu_ratio)
+    return tuple(sorted((a.freeze() for a in accumulators.values()), key=lambda s: -s.total))

@@ -1,0 +1,216 @@
+"""watch() and run(): wire a Config to the probe and watchdog, and collect a Report."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+from loopwatch._log import log_once, logger
+from loopwatch.config import Config
+from loopwatch.errors import LoopBlockedError
+from loopwatch.model import Block, LoopStats, Report, SiteAccumulator
+from loopwatch.watchdog import WATCHDOG
+
+T = TypeVar("T")
+
+#: Loop statistics kept per session; more loops than this are still counted in the total.
+_MAX_LOOPS = 256
+
+
+class Session:
+    """One watch: from ``start()`` (or entering ``with``) to ``stop()``.
+
+    Use :func:`watch` to make one.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = 0.0
+        self.stopped: float | None = None
+        self._lock = threading.Lock()
+        self._blocks: deque[Block] = deque(maxlen=config.max_blocks)
+        self._sites: dict[str, SiteAccumulator] = {}
+        self._loops: dict[str, LoopStats] = {}
+        self._events: list[str] = []
+        self._dropped = 0
+        self._running = False
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> Session:
+        """Start watching every event loop in this process."""
+        if self._running:
+            raise RuntimeError("this loopwatch session is already running")
+        if self.stopped is not None:
+            raise RuntimeError("a loopwatch session cannot be restarted; call watch() again")
+        self.started = time.perf_counter()
+        self._running = True
+        WATCHDOG.subscribe(self)
+        WATCHDOG.attach_running_loop()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching; everything that was patched is restored when no session is left."""
+        if not self._running:
+            return
+        self._running = False
+        WATCHDOG.unsubscribe(self)
+        self.stopped = time.perf_counter()
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def __enter__(self) -> Session:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if exc_type is None:
+            self._raise_if_blocked()
+
+    async def __aenter__(self) -> Session:
+        return self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def _raise_if_blocked(self) -> None:
+        if self.config.mode == "raise" and (self._blocks or self._dropped):
+            raise LoopBlockedError(self.report())
+
+    # -- results --------------------------------------------------------------
+
+    @property
+    def blocks(self) -> list[Block]:
+        """The blocks found so far (the latest ``max_blocks``)."""
+        if self._running:
+            WATCHDOG.flush()
+        with self._lock:
+            return list(self._blocks)
+
+    def report(self) -> Report:
+        """A snapshot of everything found so far; safe to call while watching."""
+        if self._running:
+            WATCHDOG.flush()
+        with self._lock:
+            sites = sorted((a.freeze() for a in self._sites.values()), key=lambda s: -s.total)
+            return Report(
+                threshold=self.config.threshold,
+                blocks=tuple(self._blocks),
+                sites=tuple(sites),
+                loops=tuple(self._loops.values()),
+                dropped_blocks=self._dropped,
+                events=tuple(self._events),
+            )
+
+    # -- called by the watchdog -----------------------------------------------
+
+    def receive_block(self, block: Block) -> None:
+        with self._lock:
+            if len(self._blocks) == self._blocks.maxlen:
+                self._dropped += 1
+            self._blocks.append(block)
+            key = block.site or "<unknown>"
+            acc = self._sites.get(key)
+            if acc is None:
+                acc = self._sites[key] = SiteAccumulator(key, block.function)
+            acc.add(block.duration, block.cpu_ratio)
+        if self.config.mode == "log":
+            logger.warning(
+                "event loop blocked for %.0f ms (%s) at %s in %s%s",
+                block.duration * 1000,
+                block.kind,
+                block.site or "an unknown line",
+                block.function or "?",
+                f", task {block.task}" if block.task else "",
+            )
+        if self.config.on_block is not None:
+            try:
+                self.config.on_block(block)
+            except Exception:
+                log_once(f"on_block-{id(self)}", "loopwatch on_block callback raised")
+
+    def receive_loop(self, stats: LoopStats) -> None:
+        with self._lock:
+            if stats.loop in self._loops or len(self._loops) < _MAX_LOOPS:
+                self._loops[stats.loop] = stats
+
+    def receive_event(self, message: str) -> None:
+        with self._lock:
+            if message not in self._events:
+                self._events.append(message)
+
+
+def watch(
+    threshold: float | None = None,
+    *,
+    on_block: Callable[[Block], Any] | None = None,
+    config: Config | None = None,
+    **options: Any,
+) -> Session:
+    """Watch every asyncio event loop in this process for blocking calls.
+
+    Works as ``with`` and ``async with``; loops started inside the block
+    (``asyncio.run``, loops in other threads) are watched too. Options are the
+    :class:`~loopwatch.Config` fields; unset ones come from ``LOOPWATCH_*``
+    environment variables, then the defaults.
+
+    >>> import asyncio, time, loopwatch
+    >>> async def main():
+    ...     time.sleep(0.2)          # blocks the loop
+    >>> with loopwatch.watch(threshold=0.1) as session:
+    ...     asyncio.run(main())
+    >>> [round(b.duration, 1) for b in session.report().blocks]
+    [0.2]
+    """
+    if config is None:
+        config = Config.resolve(threshold=threshold, on_block=on_block, **options)
+    elif threshold is not None or on_block is not None or options:
+        config = config.with_changes(
+            **{k: v for k, v in dict(options, threshold=threshold, on_block=on_block).items()
+               if v is not None}
+        )
+    return Session(config)
+
+
+def run(
+    main: Coroutine[Any, Any, T] | Callable[[], Awaitable[T]],
+    *,
+    file: Any = None,
+    **options: Any,
+) -> T:
+    """``asyncio.run(main)`` while watching, then print the report to stderr.
+
+    >>> import asyncio, loopwatch
+    >>> async def main():
+    ...     await asyncio.sleep(0)
+    ...     return 42
+    >>> loopwatch.run(main(), threshold=0.05, file=open("/dev/null", "w"))
+    42
+    """
+    from loopwatch.console import print_summary
+
+    coro = main() if callable(main) else main
+    session = watch(**options)
+    try:
+        with session:
+            return asyncio.run(coro)  # type: ignore[arg-type]
+    finally:
+        print_summary(session.report(), file=file if file is not None else sys.stderr)

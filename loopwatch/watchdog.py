@@ -1,0 +1,527 @@
+"""The one watchdog thread per process, shared by every watched loop and session.
+
+It wakes every ``threshold / 4``. A loop whose current iteration has been busy
+for more than half the threshold is sampled (its thread's stack, via
+``sys._current_frames``) every ``sample_interval`` until the iteration ends.
+The probe measures the iteration's exact duration in the loop thread; the
+watchdog joins that with the samples and the loop thread's CPU clock into a
+:class:`~loopwatch.model.Block` and hands it to the subscribed sessions.
+
+A C call that holds the GIL (``json.loads``, a catastrophic regex) keeps this
+thread from running at all. :class:`Deadman` covers that: faulthandler's own
+C thread is armed to dump every thread's stack if the watchdog has not re-armed
+it in time, and the dump is parsed into the block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import itertools
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from loopwatch._log import log_once
+from loopwatch.config import Config
+from loopwatch.model import Block, Frame, LoopStats, Stack, advise, classify
+from loopwatch.probe import Discovery, Probe, make_probe
+from loopwatch.stacks import RawStack, UserCode, capture, parse_faulthandler, to_frames
+
+WALL_OFFSET = time.time() - time.perf_counter()
+"""Add to a perf_counter() reading to get wall-clock time."""
+
+
+class Subscriber(Protocol):
+    """What the watchdog needs from a session."""
+
+    config: Config
+    started: float
+
+    def receive_block(self, block: Block) -> None: ...
+
+    def receive_loop(self, stats: LoopStats) -> None: ...
+
+    def receive_event(self, message: str) -> None: ...
+
+
+@dataclass
+class _Reading:
+    at: float
+    cpu: float | None
+
+
+@dataclass
+class _Tracking:
+    """Watchdog-side state of one probe."""
+
+    seen_start: float = 0.0
+    before: _Reading | None = None
+    last: _Reading | None = None
+    samples: Counter[RawStack] = field(default_factory=Counter)
+    task: str | None = None
+    coroutine: str | None = None
+    dumps: list[tuple[float, tuple[Frame, ...], int]] = field(default_factory=list)
+    blocks: int = 0
+
+
+@dataclass(frozen=True)
+class _Settings:
+    threshold: float
+    sample_interval: float
+    deadman: bool
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+
+    @property
+    def tick(self) -> float:
+        return self.threshold / 4
+
+    @property
+    def heartbeat(self) -> float:
+        # a heartbeat loop's durations are good to one heartbeat: keep it short
+        return self.threshold / 10
+
+    @property
+    def speculate(self) -> float:
+        # Sampling starts before the threshold is crossed so that a block that
+        # ends just past it still has a sample: with ticks every threshold/4, at
+        # least one tick lands in (threshold/2, threshold].
+        return self.threshold / 2
+
+    @property
+    def deadman_timeout(self) -> float:
+        return max(self.threshold * 0.6, 0.01)
+
+
+def _running_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
+    tasks = getattr(asyncio.tasks, "_current_tasks", None)
+    if isinstance(tasks, dict):
+        return tasks.get(loop)
+    return None
+
+
+class Deadman:
+    """faulthandler armed as a dead man's switch for the watchdog thread.
+
+    Re-arming starts a C thread (tens of microseconds), so it is re-armed only
+    once half its timeout has passed. If the watchdog could not run for that
+    long, faulthandler dumps every thread's stack into a temporary file, which
+    the watchdog parses when it next runs.
+
+    faulthandler's timer is process-global. Other users of it (pytest's
+    ``faulthandler_timeout``) are detected by wrapping its two functions; on
+    conflict the deadman steps aside and says so once.
+    """
+
+    def __init__(self, on_event: Callable[[str], None]) -> None:
+        self._on_event = on_event
+        self._file: Any = None
+        self._armed_at: float | None = None
+        self._timeout = 0.0
+        self._offset = 0
+        self.enabled = False
+        #: set when another user of faulthandler's timer appeared; cleared by reset()
+        self.refused = False
+        self._original_arm = faulthandler.dump_traceback_later
+        self._original_cancel = faulthandler.cancel_dump_traceback_later
+
+    def start(self) -> None:
+        if self.enabled or self.refused:
+            return
+        self._file = tempfile.TemporaryFile(prefix="loopwatch-deadman-")
+        self._offset = 0
+        self._original_arm = faulthandler.dump_traceback_later
+        self._original_cancel = faulthandler.cancel_dump_traceback_later
+        faulthandler.dump_traceback_later = self._foreign_arm  # type: ignore[assignment]
+        faulthandler.cancel_dump_traceback_later = self._foreign_cancel
+        self.enabled = True
+
+    def _foreign_arm(self, *args: Any, **kwargs: Any) -> None:
+        self._step_aside()
+        self._original_arm(*args, **kwargs)
+
+    def _foreign_cancel(self) -> None:
+        self._step_aside()
+        self._original_cancel()
+
+    def _step_aside(self) -> None:
+        if not self.enabled:
+            return
+        message = (
+            "faulthandler.dump_traceback_later is used by other code (pytest's "
+            "faulthandler_timeout?); loopwatch's deadman switch is off, so blocks inside "
+            "C calls that hold the GIL may lack the exact line"
+        )
+        self.stop(cancel=False)
+        self.refused = True
+        if log_once("deadman-conflict", message, exc_info=False):
+            self._on_event(message)
+
+    def service(self, now: float, timeout: float) -> list[tuple[float, dict[int, tuple[Frame, ...]]]]:
+        """Collect dumps that fired, and keep the switch armed. Returns (fire time, stacks)."""
+        if not self.enabled:
+            return []
+        dumps = []
+        fired = os.fstat(self._file.fileno()).st_size > self._offset
+        due = self._armed_at is None or now - self._armed_at > self._timeout / 2
+        if fired or due or timeout != self._timeout:
+            # Cancelling joins faulthandler's thread: no dump is being written after it.
+            self._original_cancel()
+            if fired:
+                dumps = self._read(self._armed_at)
+            self._original_arm(timeout, repeat=False, file=self._file.fileno(), exit=False)
+            self._armed_at = now
+            self._timeout = timeout
+        return dumps
+
+    def _read(self, armed_at: float | None) -> list[tuple[float, dict[int, tuple[Frame, ...]]]]:
+        fd = self._file.fileno()
+        size = os.fstat(fd).st_size
+        text = os.pread(fd, size - self._offset, self._offset).decode("utf-8", "replace")
+        self._offset = size
+        if size > 1 << 20:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            self._offset = 0
+        fired_at = (armed_at or time.perf_counter()) + self._timeout
+        return [(fired_at, parse_faulthandler(text))]
+
+    def stop(self, cancel: bool = True) -> None:
+        if not self.enabled:
+            return
+        self.enabled = False
+        if cancel:
+            self._original_cancel()
+        if faulthandler.dump_traceback_later == self._foreign_arm:
+            faulthandler.dump_traceback_later = self._original_arm
+        if faulthandler.cancel_dump_traceback_later == self._foreign_cancel:
+            faulthandler.cancel_dump_traceback_later = self._original_cancel
+        self._file.close()
+        self._file = None
+        self._armed_at = None
+
+
+class Watchdog:
+    """Process-wide: started by the first subscriber, stopped with the last."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._subscribers: list[Subscriber] = []
+        self._probes: list[Probe] = []
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stopping = False
+        self._discovery = Discovery(self._on_loop)
+        self._deadman = Deadman(self._broadcast_event)
+        self._block_ids = itertools.count(1)
+        self._settings: _Settings | None = None
+        self._user_code = UserCode()
+        self.listeners: list[Callable[[Block], None]] = []
+
+    # -- subscription ---------------------------------------------------------
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._subscribers.append(subscriber)
+            self._apply_settings()
+            self._discovery.install()
+            if self._thread is None:
+                self._stopping = False
+                self._wake.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="loopwatch-watchdog", daemon=True
+                )
+                self._thread.start()
+            else:
+                self._wake.set()
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._step(time.perf_counter(), flush=True)
+            for probe in self._probes:
+                subscriber.receive_loop(self._loop_stats(probe))
+            self._subscribers.remove(subscriber)
+            if self._subscribers:
+                self._apply_settings()
+                return
+            thread, self._thread = self._thread, None
+            self._stopping = True
+            self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._lock:
+            if self._subscribers:  # someone subscribed while we were joining
+                return
+            self._discovery.remove()
+            for probe in self._probes:
+                probe.detach()
+            self._probes = []
+            self._deadman.stop()
+            self._deadman.refused = False
+            self._settings = None
+
+    def active(self) -> bool:
+        return bool(self._subscribers)
+
+    def attach_running_loop(self) -> None:
+        """Watch the loop running in this thread, if any, right away."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._on_loop(loop)
+
+    def flush(self) -> None:
+        """Finish every block that has ended, now (used before reading a report)."""
+        with self._lock:
+            if self._settings is not None:
+                self._step(time.perf_counter(), flush=True)
+
+    def _apply_settings(self) -> None:
+        configs = [s.config for s in self._subscribers]
+        settings = _Settings(
+            threshold=min(c.threshold for c in configs),
+            sample_interval=min(c.sample_interval for c in configs),
+            deadman=any(c.deadman for c in configs),
+            include=tuple(sorted({p for c in configs for p in c.include})),
+            exclude=tuple(sorted({p for c in configs for p in c.exclude})),
+        )
+        if self._settings is None or (settings.include, settings.exclude) != (
+            self._settings.include,
+            self._settings.exclude,
+        ):
+            self._user_code = UserCode(settings.include, settings.exclude)
+        self._settings = settings
+        for probe in self._probes:
+            probe.slow_threshold = settings.threshold
+        if not settings.deadman:
+            self._deadman.stop()
+
+    def _on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            if self._settings is None:
+                return
+            for probe in self._probes:
+                if probe.loop is loop and probe.alive():
+                    return
+            probe = make_probe(loop, threading.get_ident())
+            probe.slow_threshold = self._settings.threshold
+            # A first CPU reading, so that a block in the very first iteration has one.
+            probe.wd = _Tracking(last=_Reading(time.perf_counter(), probe.cpu_time()))
+            self._probes.append(probe)
+
+    # -- the thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                try:
+                    interval = self._step(time.perf_counter())
+                except Exception:
+                    log_once("watchdog", "loopwatch's watchdog failed; detection may be incomplete")
+                    interval = 0.05
+            self._wake.wait(interval)
+            self._wake.clear()
+
+    def _step(self, now: float, flush: bool = False) -> float:
+        settings = self._settings
+        if settings is None:
+            return 0.05
+        self._discovery.patch_uvloop()
+        sampling = False
+        heartbeat = False
+        for probe in list(self._probes):
+            if not probe.alive():
+                self._retire(probe, now)
+                continue
+            if probe.resolution == "heartbeat":
+                heartbeat = True
+                if not flush:
+                    probe.tick(now, settings.heartbeat)
+            if self._track(probe, now, settings, flush):
+                sampling = True
+        if settings.deadman and self._probes and not flush:
+            self._deadman.start()
+            for fired_at, stacks in self._deadman.service(now, settings.deadman_timeout):
+                self._attach_dump(fired_at, stacks, settings)
+        if sampling:
+            return settings.sample_interval
+        return settings.heartbeat if heartbeat else settings.tick
+
+    def _track(self, probe: Probe, now: float, settings: _Settings, flush: bool) -> bool:
+        """Sample the probe's loop if it is blocking; finish blocks that ended."""
+        wd: _Tracking = probe.wd
+        # Read the iteration start before draining ended iterations: the probe
+        # records an ended iteration before it changes iter_start.
+        start = probe.iter_start
+        while probe.ended:
+            self._finish(probe, *probe.ended.popleft(), settings)
+        cpu = probe.cpu_time()
+        if start != wd.seen_start:
+            wd.before = wd.last
+            wd.seen_start = start
+            wd.samples = Counter()
+            wd.task = wd.coroutine = None
+        wd.last = _Reading(now, cpu)
+        if not start or flush or now - start <= settings.speculate:
+            return False
+        frame = sys._current_frames().get(probe.thread_id)
+        if frame is None:
+            return False
+        wd.samples[capture(frame)] += 1
+        del frame
+        if wd.task is None:
+            loop = probe.loop
+            task = _running_task(loop) if loop is not None else None
+            if task is not None:
+                wd.task = task.get_name()
+                coro = task.get_coro()
+                wd.coroutine = getattr(coro, "__qualname__", None) or repr(coro)
+        return True
+
+    def _attach_dump(
+        self, fired_at: float, stacks: dict[int, tuple[Frame, ...]], settings: _Settings
+    ) -> None:
+        # The dump stands for the whole stretch the watchdog could not run.
+        weight = max(1, round(settings.deadman_timeout / settings.sample_interval))
+        for probe in self._probes:
+            frames = stacks.get(probe.thread_id)
+            if frames:
+                wd: _Tracking = probe.wd
+                wd.dumps.append((fired_at, frames, weight))
+                del wd.dumps[:-16]
+
+    def _finish(self, probe: Probe, start: float, end: float, cpu_end: float,
+                settings: _Settings) -> None:
+        wd: _Tracking = probe.wd
+        duration = end - start
+        seen = start == wd.seen_start
+        samples = wd.samples if seen else Counter()
+        reference = wd.before if seen else wd.last
+        dumps = [(frames, weight) for at, frames, weight in wd.dumps if start <= at <= end]
+        wd.dumps = [d for d in wd.dumps if d[0] > end]
+        if duration <= settings.threshold:
+            return
+        wd.blocks += 1
+        cpu_ratio = None
+        if reference is not None and reference.cpu is not None and end > reference.at:
+            cpu_ratio = min(1.0, max(0.0, (cpu_end - reference.cpu) / (end - reference.at)))
+        weighted: Counter[tuple[Frame, ...]] = Counter()
+        for raw, count in samples.items():
+            weighted[to_frames(raw)] += count
+        for frames, weight in dumps:
+            weighted[frames] += weight
+        frames, site_frame = self._choose_site(weighted)
+        kind = classify(cpu_ratio)
+        if dumps and site_frame is not None and any(
+            site_frame in frames_ for frames_, _ in dumps
+        ):
+            source = "deadman"
+        else:
+            source = "sampled" if weighted else "none"
+        block = Block(
+            id=next(self._block_ids),
+            loop=probe.label,
+            started=WALL_OFFSET + start,
+            duration=duration,
+            cpu_ratio=cpu_ratio,
+            kind=kind,
+            frames=frames,
+            site=site_frame.location if site_frame else None,
+            function=site_frame.function if site_frame else None,
+            task=wd.task if seen else None,
+            coroutine=wd.coroutine if seen else None,
+            samples=sum(samples.values()) + len(dumps),
+            stacks=tuple(Stack(f, c) for f, c in weighted.most_common()),
+            source=source,
+            resolution=probe.resolution,
+            advice=advise(kind),
+        )
+        if seen:
+            wd.samples = Counter()
+        self._dispatch(block, end)
+
+    def _choose_site(
+        self, weighted: Counter[tuple[Frame, ...]]
+    ) -> tuple[tuple[Frame, ...], Frame | None]:
+        """The most-sampled innermost user frame, and the most-sampled stack through it."""
+        if not weighted:
+            return (), None
+        votes: Counter[Frame] = Counter()
+        for frames, count in weighted.items():
+            index = self._user_code.site_index(frames)
+            votes[frames[index] if index is not None else frames[-1]] += count
+        site_frame = votes.most_common(1)[0][0]
+        best = max(
+            (item for item in weighted.items() if site_frame in item[0]), key=lambda i: i[1]
+        )
+        return best[0], site_frame
+
+    def _dispatch(self, block: Block, end: float) -> None:
+        for subscriber in list(self._subscribers):
+            if block.duration > subscriber.config.threshold and end > subscriber.started:
+                try:
+                    subscriber.receive_block(block)
+                except Exception:
+                    log_once("sink", "a loopwatch session failed to record a block")
+        for listener in list(self.listeners):
+            try:
+                listener(block)
+            except Exception:
+                log_once(f"listener-{id(listener)}", "a loopwatch block listener failed")
+
+    def _retire(self, probe: Probe, now: float) -> None:
+        settings = self._settings
+        if settings is not None:
+            self._track(probe, now, settings, flush=True)
+        probe.detach()
+        self._probes.remove(probe)
+        stats = self._loop_stats(probe)
+        for subscriber in self._subscribers:
+            subscriber.receive_loop(stats)
+
+    def _loop_stats(self, probe: Probe) -> LoopStats:
+        end = probe.detached_at or time.perf_counter()
+        wd: _Tracking = probe.wd
+        return LoopStats(
+            loop=probe.label,
+            iterations=probe.iterations,
+            busy=probe.busy,
+            watched=end - probe.attached_at,
+            blocks=wd.blocks,
+            resolution=probe.resolution,
+        )
+
+    def _broadcast_event(self, message: str) -> None:
+        for subscriber in list(self._subscribers):
+            subscriber.receive_event(message)
+
+    def broadcast_event(self, message: str) -> None:
+        """Record a notable event in every active session's report."""
+        with self._lock:
+            self._broadcast_event(message)
+
+
+WATCHDOG = Watchdog()
+
+
+def add_block_listener(listener: Callable[[Block], None]) -> None:
+    """Call ``listener(block)`` (from the watchdog thread) for every block found."""
+    with WATCHDOG._lock:
+        if listener not in WATCHDOG.listeners:
+            WATCHDOG.listeners.append(listener)
+
+
+def remove_block_listener(listener: Callable[[Block], None]) -> None:
+    with WATCHDOG._lock:
+        if listener in WATCHDOG.listeners:
+            WATCHDOG.listeners.remove(listener)
