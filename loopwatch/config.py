@@ -84,7 +84,8 @@ class Config:
         unknown = sorted(set(kwargs) - names)
         if unknown:
             raise TypeError(
-                f"unknown loopwatch option {unknown[0]!r}; known options: {', '.join(sorted(names))}"
+                f"unknown loopwatch option {unknown[0]!r}; "
+                f"known options: {', '.join(sorted(names))}"
             )
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}

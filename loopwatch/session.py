@@ -49,10 +49,10 @@ class Session:
             raise RuntimeError("this loopwatch session is already running")
         if self.stopped is not None:
             raise RuntimeError("a loopwatch session cannot be restarted; call watch() again")
-        self.started = time.perf_counter()
+        self.started = time.monotonic()
         self._running = True
         WATCHDOG.subscribe(self)
-        WATCHDOG.attach_running_loop()
+        WATCHDOG.attach_running_loops()
         return self
 
     def stop(self) -> None:
@@ -61,7 +61,7 @@ class Session:
             return
         self._running = False
         WATCHDOG.unsubscribe(self)
-        self.stopped = time.perf_counter()
+        self.stopped = time.monotonic()
 
     @property
     def running(self) -> bool:

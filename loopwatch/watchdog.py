@@ -26,16 +26,21 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Protocol
 
 from loopwatch._log import log_once
 from loopwatch.config import Config
 from loopwatch.model import Block, Frame, LoopStats, Stack, advise, classify
-from loopwatch.probe import Discovery, Probe, make_probe
+from loopwatch.probe import Discovery, Probe, make_probe, running_loops
 from loopwatch.stacks import RawStack, UserCode, capture, parse_faulthandler, to_frames
 
-WALL_OFFSET = time.time() - time.perf_counter()
-"""Add to a perf_counter() reading to get wall-clock time."""
+WALL_OFFSET = time.time() - time.monotonic()
+"""Add to a time.monotonic() reading (the loop's clock) to get wall-clock time."""
+
+
+_Dump = tuple[float, dict[int, tuple[Frame, ...]]]
+"""When a deadman dump fired (loop clock), and the stack of each thread in it."""
 
 
 class Subscriber(Protocol):
@@ -100,6 +105,10 @@ class _Settings:
         return max(self.threshold * 0.6, 0.01)
 
 
+#: Seconds between looks for loops that were already running (new runs are patched).
+_SCAN_EVERY = 1.0
+
+
 def _running_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
     tasks = getattr(asyncio.tasks, "_current_tasks", None)
     if isinstance(tasks, dict):
@@ -135,7 +144,8 @@ class Deadman:
     def start(self) -> None:
         if self.enabled or self.refused:
             return
-        self._file = tempfile.TemporaryFile(prefix="loopwatch-deadman-")
+        # Kept open across many ticks and closed in stop(): no context manager fits.
+        self._file = tempfile.TemporaryFile(prefix="loopwatch-deadman-")  # noqa: SIM115
         self._offset = 0
         self._original_arm = faulthandler.dump_traceback_later
         self._original_cancel = faulthandler.cancel_dump_traceback_later
@@ -164,7 +174,7 @@ class Deadman:
         if log_once("deadman-conflict", message, exc_info=False):
             self._on_event(message)
 
-    def service(self, now: float, timeout: float) -> list[tuple[float, dict[int, tuple[Frame, ...]]]]:
+    def service(self, now: float, timeout: float) -> list[_Dump]:
         """Collect dumps that fired, and keep the switch armed. Returns (fire time, stacks)."""
         if not self.enabled:
             return []
@@ -181,7 +191,7 @@ class Deadman:
             self._timeout = timeout
         return dumps
 
-    def _read(self, armed_at: float | None) -> list[tuple[float, dict[int, tuple[Frame, ...]]]]:
+    def _read(self, armed_at: float | None) -> list[_Dump]:
         fd = self._file.fileno()
         size = os.fstat(fd).st_size
         text = os.pread(fd, size - self._offset, self._offset).decode("utf-8", "replace")
@@ -190,7 +200,7 @@ class Deadman:
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
             self._offset = 0
-        fired_at = (armed_at or time.perf_counter()) + self._timeout
+        fired_at = (armed_at or time.monotonic()) + self._timeout
         return [(fired_at, parse_faulthandler(text))]
 
     def stop(self, cancel: bool = True) -> None:
@@ -218,12 +228,13 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._stopping = False
-        self._discovery = Discovery(self._on_loop)
+        self._discovery = Discovery(self._on_loop, self._on_run_end)
         self._deadman = Deadman(self._broadcast_event)
         self._block_ids = itertools.count(1)
         self._settings: _Settings | None = None
         self._user_code = UserCode()
         self.listeners: list[Callable[[Block], None]] = []
+        self._last_scan = 0.0
 
     # -- subscription ---------------------------------------------------------
 
@@ -244,7 +255,7 @@ class Watchdog:
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
-            self._step(time.perf_counter(), flush=True)
+            self._safe_flush()
             for probe in self._probes:
                 subscriber.receive_loop(self._loop_stats(probe))
             self._subscribers.remove(subscriber)
@@ -270,19 +281,35 @@ class Watchdog:
     def active(self) -> bool:
         return bool(self._subscribers)
 
-    def attach_running_loop(self) -> None:
-        """Watch the loop running in this thread, if any, right away."""
+    def attach_running_loops(self) -> None:
+        """Watch, right away, the loop running in this thread and asyncio loops in other threads."""
         try:
-            loop = asyncio.get_running_loop()
+            self._on_loop(asyncio.get_running_loop())
         except RuntimeError:
-            return
-        self._on_loop(loop)
+            pass
+        self._scan()
+
+    def _scan(self) -> None:
+        """Find loops that were running before the watch began (from their threads' stacks)."""
+        self._last_scan = time.monotonic()
+        try:
+            for thread_id, loop in running_loops(sys._current_frames()):
+                self._on_loop(loop, thread_id)
+        except Exception:
+            log_once("scan", "loopwatch could not look for running event loops")
 
     def flush(self) -> None:
         """Finish every block that has ended, now (used before reading a report)."""
         with self._lock:
-            if self._settings is not None:
-                self._step(time.perf_counter(), flush=True)
+            self._safe_flush()
+
+    def _safe_flush(self) -> None:
+        if self._settings is None:
+            return
+        try:
+            self._step(time.monotonic(), flush=True)
+        except Exception:
+            log_once("flush", "loopwatch failed to finish pending blocks; some may be missing")
 
     def _apply_settings(self) -> None:
         configs = [s.config for s in self._subscribers]
@@ -304,18 +331,24 @@ class Watchdog:
         if not settings.deadman:
             self._deadman.stop()
 
-    def _on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _on_loop(self, loop: asyncio.AbstractEventLoop, thread_id: int | None = None) -> None:
         with self._lock:
             if self._settings is None:
                 return
             for probe in self._probes:
                 if probe.loop is loop and probe.alive():
                     return
-            probe = make_probe(loop, threading.get_ident())
+            probe = make_probe(loop, thread_id or threading.get_ident())
             probe.slow_threshold = self._settings.threshold
             # A first CPU reading, so that a block in the very first iteration has one.
-            probe.wd = _Tracking(last=_Reading(time.perf_counter(), probe.cpu_time()))
+            probe.wd = _Tracking(last=_Reading(time.monotonic(), probe.cpu_time()))
             self._probes.append(probe)
+
+    def _on_run_end(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            for probe in self._probes:
+                if probe.loop is loop:
+                    probe.run_ended()
 
     # -- the thread -----------------------------------------------------------
 
@@ -325,7 +358,7 @@ class Watchdog:
                 if self._stopping:
                     return
                 try:
-                    interval = self._step(time.perf_counter())
+                    interval = self._step(time.monotonic())
                 except Exception:
                     log_once("watchdog", "loopwatch's watchdog failed; detection may be incomplete")
                     interval = 0.05
@@ -337,18 +370,19 @@ class Watchdog:
         if settings is None:
             return 0.05
         self._discovery.patch_uvloop()
+        if not flush and now - self._last_scan > _SCAN_EVERY:
+            self._scan()
+        frames = sys._current_frames()
         sampling = False
         heartbeat = False
         for probe in list(self._probes):
             if not probe.alive():
                 self._retire(probe, now)
                 continue
-            if probe.resolution == "heartbeat":
-                heartbeat = True
-                if not flush:
-                    probe.tick(now, settings.heartbeat)
-            if self._track(probe, now, settings, flush):
+            heartbeat = heartbeat or probe.resolution == "heartbeat"
+            if self._track(probe, frames.get(probe.thread_id), now, settings, flush):
                 sampling = True
+        del frames
         if settings.deadman and self._probes and not flush:
             self._deadman.start()
             for fired_at, stacks in self._deadman.service(now, settings.deadman_timeout):
@@ -357,28 +391,36 @@ class Watchdog:
             return settings.sample_interval
         return settings.heartbeat if heartbeat else settings.tick
 
-    def _track(self, probe: Probe, now: float, settings: _Settings, flush: bool) -> bool:
+    def _track(
+        self,
+        probe: Probe,
+        frame: FrameType | None,
+        now: float,
+        settings: _Settings,
+        flush: bool,
+    ) -> bool:
         """Sample the probe's loop if it is blocking; finish blocks that ended."""
         wd: _Tracking = probe.wd
-        # Read the iteration start before draining ended iterations: the probe
-        # records an ended iteration before it changes iter_start.
-        start = probe.iter_start
+        # Look at the loop before draining ended iterations: the loop thread
+        # records an iteration's end before it starts the next one.
+        start = probe.busy_since(None if flush else frame, now, settings.heartbeat)
         while probe.ended:
             self._finish(probe, *probe.ended.popleft(), settings)
         cpu = probe.cpu_time()
         if start != wd.seen_start:
+            if wd.seen_start and wd.samples:
+                # It ended but its end was not stamped (the loop stopped in a
+                # way we could not see): its length is known to within a tick.
+                self._finish(probe, wd.seen_start, now, cpu, settings, resolution="tick")
             wd.before = wd.last
             wd.seen_start = start
             wd.samples = Counter()
             wd.task = wd.coroutine = None
         wd.last = _Reading(now, cpu)
-        if not start or flush or now - start <= settings.speculate:
+        if not start or flush or now - start <= settings.speculate or frame is None:
             return False
-        frame = sys._current_frames().get(probe.thread_id)
-        if frame is None:
-            return False
+        probe.watch_end(start)
         wd.samples[capture(frame)] += 1
-        del frame
         if wd.task is None:
             loop = probe.loop
             task = _running_task(loop) if loop is not None else None
@@ -400,8 +442,15 @@ class Watchdog:
                 wd.dumps.append((fired_at, frames, weight))
                 del wd.dumps[:-16]
 
-    def _finish(self, probe: Probe, start: float, end: float, cpu_end: float,
-                settings: _Settings) -> None:
+    def _finish(
+        self,
+        probe: Probe,
+        start: float,
+        end: float,
+        cpu_end: float | None,
+        settings: _Settings,
+        resolution: str | None = None,
+    ) -> None:
         wd: _Tracking = probe.wd
         duration = end - start
         seen = start == wd.seen_start
@@ -413,7 +462,12 @@ class Watchdog:
             return
         wd.blocks += 1
         cpu_ratio = None
-        if reference is not None and reference.cpu is not None and end > reference.at:
+        if (
+            reference is not None
+            and reference.cpu is not None
+            and cpu_end is not None
+            and end > reference.at
+        ):
             cpu_ratio = min(1.0, max(0.0, (cpu_end - reference.cpu) / (end - reference.at)))
         weighted: Counter[tuple[Frame, ...]] = Counter()
         for raw, count in samples.items():
@@ -443,11 +497,12 @@ class Watchdog:
             samples=sum(samples.values()) + len(dumps),
             stacks=tuple(Stack(f, c) for f, c in weighted.most_common()),
             source=source,
-            resolution=probe.resolution,
+            resolution=resolution or probe.resolution,
             advice=advise(kind),
         )
         if seen:
             wd.samples = Counter()
+            wd.seen_start = -1.0  # finished: do not finish it again when the loop moves on
         self._dispatch(block, end)
 
     def _choose_site(
@@ -482,7 +537,7 @@ class Watchdog:
     def _retire(self, probe: Probe, now: float) -> None:
         settings = self._settings
         if settings is not None:
-            self._track(probe, now, settings, flush=True)
+            self._track(probe, None, now, settings, flush=True)
         probe.detach()
         self._probes.remove(probe)
         stats = self._loop_stats(probe)
@@ -490,7 +545,7 @@ class Watchdog:
             subscriber.receive_loop(stats)
 
     def _loop_stats(self, probe: Probe) -> LoopStats:
-        end = probe.detached_at or time.perf_counter()
+        end = probe.detached_at or time.monotonic()
         wd: _Tracking = probe.wd
         return LoopStats(
             loop=probe.label,

@@ -1,0 +1,162 @@
+"""What watching costs: bare asyncio vs loopwatch modes vs asyncio debug mode.
+
+Each workload is run under every mode, interleaved round by round so that the
+machine's noise hits all modes alike, and compared with bare asyncio measured
+in the same run. The headline ratio compares the best (fastest) round of each
+mode: on a shared machine, noise only ever adds time, so the minimum is the
+most repeatable estimate of the true cost. The median ratio is printed beside it.
+
+    python benchmarks/overhead.py            # full size
+    python benchmarks/overhead.py --quick    # a tenth of the size, for a smoke test
+
+asyncio debug mode is 10-40x slower, so it runs on a tenth of each workload
+(one round) and its time is scaled up; the table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import loopwatch
+
+Workload = Callable[[int], Coroutine[Any, Any, None]]
+
+
+async def call_soon_chain(n: int) -> None:
+    """n callbacks, each scheduling the next: one callback per loop iteration."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    remaining = n
+
+    def step() -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining:
+            loop.call_soon(step)
+        else:
+            done.set_result(None)
+
+    loop.call_soon(step)
+    await done
+
+
+async def sleeping_tasks(n: int) -> None:
+    """n/200 tasks (2000 at full size), each awaiting sleep(0) 200 times."""
+
+    async def worker() -> None:
+        for _ in range(200):
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, n // 200))))
+
+
+async def tcp_echo(n: int) -> None:
+    """n request/response round trips over a loopback TCP connection."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(64):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(n):
+        writer.write(b"ping")
+        await writer.drain()
+        await reader.readexactly(4)
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+
+
+WORKLOADS: list[tuple[str, Workload, int]] = [
+    ("500k call_soon callbacks", call_soon_chain, 500_000),
+    ("2000 tasks x 200 sleep(0)", sleeping_tasks, 400_000),
+    ("20k loopback TCP echo round trips", tcp_echo, 20_000),
+]
+
+
+def _bare(work: Workload, n: int) -> float:
+    start = time.perf_counter()
+    asyncio.run(work(n))
+    return time.perf_counter() - start
+
+
+def _watched(options: dict[str, Any]) -> Callable[[Workload, int], float]:
+    def measure(work: Workload, n: int) -> float:
+        with loopwatch.watch(**options) as session:
+            start = time.perf_counter()
+            asyncio.run(work(n))
+            elapsed = time.perf_counter() - start
+        if session.report().blocks:
+            print(f"  (note: {len(session.report().blocks)} block(s) reported)", file=sys.stderr)
+        return elapsed
+
+    return measure
+
+
+def _debug(work: Workload, n: int) -> float:
+    start = time.perf_counter()
+    with warnings.catch_warnings(), contextlib.redirect_stderr(None):  # type: ignore[type-var]
+        warnings.simplefilter("ignore")
+        asyncio.run(work(n), debug=True)
+    return time.perf_counter() - start
+
+
+MODES: dict[str, Callable[[Workload, int], float]] = {
+    "bare asyncio": _bare,
+    "watch() default": _watched({}),
+    "watch(deadman=False)": _watched({"deadman": False}),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15, help="rounds per workload (default 15)")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the size, 3 rounds")
+    parser.add_argument("--no-debug", action="store_true", help="skip asyncio debug mode")
+    args = parser.parse_args(argv)
+    rounds = 3 if args.quick else args.rounds
+    scale = 0.1 if args.quick else 1.0
+
+    print(f"loopwatch {loopwatch.__version__}, Python {sys.version.split()[0]}, "
+          f"{rounds} interleaved rounds; ratio = mode / bare asyncio "
+          "(best round, and median round)")
+    for name, work, size in WORKLOADS:
+        n = max(1, int(size * scale))
+        times: dict[str, list[float]] = {mode: [] for mode in MODES}
+        _bare(work, max(1, n // 10))  # warm-up: imports, first-loop costs
+        for round_ in range(rounds):
+            order = list(MODES)
+            shift = round_ % len(order)  # rotate so no mode always runs first
+            for mode in order[shift:] + order[:shift]:
+                gc.collect()
+                times[mode].append(MODES[mode](work, n))
+        best_base = min(times["bare asyncio"])
+        median_base = statistics.median(times["bare asyncio"])
+        print(f"\n{name} (n={n:,})")
+        for mode, values in times.items():
+            best, median = min(values), statistics.median(values)
+            print(f"  {mode:<24} best {best:7.3f} s  {best / best_base:6.3f}x   "
+                  f"median {median:7.3f} s  {median / median_base:6.3f}x")
+        if not args.no_debug:
+            debug = _debug(work, max(1, n // 10)) * 10
+            print(f"  {'asyncio debug mode':<24} ~    {debug:7.3f} s  {debug / best_base:6.3f}x   "
+                  "(1 round at 1/10 size, scaled)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
