@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import sysconfig
 from typing import TextIO
 
 from loopwatch.model import Block, Report
+
+
+def short_path(path: str) -> str:
+    """A file name as a person wants to read it: relative to here, or to site-packages."""
+    if path.startswith("<"):
+        return path
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        relative = path
+    if not relative.startswith(".." + os.sep):
+        return relative
+    for marker in ("site-packages", "dist-packages"):
+        index = path.find(os.sep + marker + os.sep)
+        if index >= 0:
+            return path[index + len(marker) + 2:]
+    lib = sysconfig.get_paths().get("stdlib", "")
+    if lib and path.startswith(lib + os.sep):
+        return path[len(lib) + 1:]
+    return path
+
+
+def short_site(site: str | None) -> str:
+    if not site:
+        return "<no stack captured>"
+    path, _, line = site.rpartition(":")
+    return f"{short_path(path)}:{line}" if path else site
 
 
 def _ms(seconds: float) -> str:
@@ -15,7 +44,7 @@ def _ms(seconds: float) -> str:
 def block_line(block: Block) -> str:
     """One line for one block: duration, kind, where, function, task."""
     ratio = f" cpu {block.cpu_ratio:.0%}" if block.cpu_ratio is not None else ""
-    where = block.site or "<no stack captured>"
+    where = short_site(block.site)
     task = f"  task {block.task}" if block.task else ""
     return (
         f"{_ms(block.duration):>11}  {block.kind:<5}{ratio:>9}  {where}  "

@@ -41,7 +41,6 @@ def _library_roots() -> tuple[str, ...]:
         paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths
     }
     roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
-    roots.add(os.path.dirname(os.path.abspath(__file__)))
     resolved = set()
     for root in roots:
         resolved.add(os.path.normcase(os.path.abspath(root)))
@@ -61,6 +60,7 @@ class UserCode:
         self._include = tuple(include)
         self._exclude = tuple(exclude)
         self._roots = _library_roots()
+        self._own = os.path.normcase(os.path.dirname(os.path.abspath(__file__))) + os.sep
         self._cache: dict[str, bool] = {}
 
     def __call__(self, filename: str) -> bool:
@@ -81,6 +81,9 @@ class UserCode:
         if filename.startswith("<"):
             # <frozen ...> modules are the stdlib; <string>/<stdin> are the user's
             return not filename.startswith("<frozen")
+        if absolute.startswith(self._own):
+            # loopwatch itself is never the culprit, but its demo plays a user's program
+            return os.path.basename(absolute) == "demo.py"
         return not absolute.startswith(self._roots)
 
     def site_index(self, frames: Sequence[Frame]) -> int | None:

@@ -1,0 +1,187 @@
+"""Command line: ``python -m loopwatch run|report|demo``.
+
+Usage errors print one line and exit 2; they never show a traceback. A watched
+script's own exceptions are shown as Python would show them, and its exit
+status becomes loopwatch's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import runpy
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from loopwatch.config import ConfigError
+from loopwatch.model import Report
+from loopwatch.session import Session, watch
+
+PROG = "python -m loopwatch"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Find what blocks your asyncio event loop.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    run = commands.add_parser(
+        "run",
+        help="run a script or module while watching its event loops",
+        description="Run a Python script (or -m module) as __main__ and report what blocked "
+        "its event loops, on stderr when it finishes.",
+    )
+    run.add_argument("--threshold", type=_seconds, metavar="S",
+                     help="report iterations busy longer than S seconds (default 0.1)")
+    run.add_argument("--sample-interval", type=_seconds, metavar="S", dest="sample_interval",
+                     help="seconds between stack samples of a blocking loop (default 0.002)")
+    run.add_argument("--json", metavar="OUT", help="write the report as JSON to OUT")
+    run.add_argument("--mode", choices=("report", "log"), default=None,
+                     help="log: also log each block as it happens")
+    run.add_argument("--no-deadman", action="store_true",
+                     help="do not use faulthandler to see inside GIL-holding C calls")
+    run.add_argument("--quiet", action="store_true", help="do not print the report")
+    run.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="script.py [args ...]")
+
+    report = commands.add_parser("report", help="print a report saved with --json")
+    report.add_argument("path", metavar="OUT.json")
+
+    commands.add_parser("demo", help="run a short program that blocks in several ways")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "report":
+            return _report(args.path)
+        from loopwatch.demo import main as demo_main
+
+        return demo_main()
+    except _UsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _report(path: str) -> int:
+    from loopwatch.console import print_summary
+
+    try:
+        report = Report.load(path)
+    except FileNotFoundError:
+        raise _UsageError(f"no such report file: {path}")
+    except (ValueError, KeyError, TypeError) as error:
+        raise _UsageError(f"{path} is not a loopwatch JSON report ({error})")
+    print_summary(report, file=sys.stdout)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from loopwatch.console import print_summary
+
+    if args.module is None and not args.argv:
+        raise _UsageError("run needs a script (run script.py) or a module (run -m module)")
+    options: dict[str, Any] = {"threshold": args.threshold,
+                               "sample_interval": args.sample_interval, "mode": args.mode}
+    if args.no_deadman:
+        options["deadman"] = False
+    try:
+        session = watch(**options)
+    except ConfigError as error:
+        raise _UsageError(str(error))
+
+    if args.module is not None:
+        target, script_args = args.module, list(args.argv)
+        _check_module(target)
+    else:
+        target, script_args = args.argv[0], list(args.argv[1:])
+        if not os.path.isfile(target):
+            raise _UsageError(f"script not found: {target}")
+        target = os.path.abspath(target)
+    if args.json:
+        _check_writable(args.json)
+
+    status = _execute(session, target, script_args, is_module=args.module is not None)
+    report = session.report()
+    if not args.quiet:
+        print_summary(report, file=sys.stderr)
+    if args.json:
+        report.save(args.json)
+    return status
+
+
+def _check_module(name: str) -> None:
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise _UsageError(f"no module named {name!r}")
+
+
+def _check_writable(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise _UsageError(f"cannot write {path}: folder {folder} does not exist")
+
+
+def _execute(session: Session, target: str, script_args: list[str], *, is_module: bool) -> int:
+    """Run the target as __main__ under the session; return its exit status."""
+    saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
+    sys.argv = [target, *script_args]
+    if not is_module:
+        sys.path.insert(0, os.path.dirname(target))
+    status = 0
+    try:
+        with session:
+            if is_module:
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(target, run_name="__main__")
+    except SystemExit as exit_:
+        status = _exit_status(exit_.code)
+    except BaseException:
+        # The script's own failure: show it as Python would, then report anyway.
+        traceback.print_exc()
+        status = 1
+    finally:
+        sys.argv = saved_argv
+        if not is_module and sys.path and saved_path0 is not None:
+            sys.path.remove(os.path.dirname(target))
+    return status
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1

@@ -1,0 +1,130 @@
+"""``python -m loopwatch demo``: a small async service that blocks its loop five ways.
+
+Each handler below makes a classic mistake. loopwatch watches the program and
+reports every block: how long, where, in which task, and whether the time was
+spent computing or waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.server
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import loopwatch
+
+THRESHOLD = 0.05
+
+
+class _SlowHandler(http.server.BaseHTTPRequestHandler):
+    """A local 'remote API' that takes 150 ms to answer."""
+
+    def do_GET(self) -> None:
+        time.sleep(0.15)
+        body = b'{"status": "ok"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+async def rate_limit() -> None:
+    time.sleep(0.12)  # mistake 1: a synchronous sleep in a coroutine
+
+
+async def hash_password(password: str) -> str:
+    # mistake 2: pure-Python CPU work on the loop
+    digest = password.encode()
+    deadline = time.perf_counter() + 0.15
+    while time.perf_counter() < deadline:
+        digest = hashlib.sha256(digest).digest()
+    return digest.hex()
+
+
+async def parse_payload(blob: str) -> int:
+    data = json.loads(blob)  # mistake 3: a huge json.loads holds the GIL
+    return len(data)
+
+
+async def call_api(url: str) -> bytes:
+    with urllib.request.urlopen(url) as response:  # mistake 4: synchronous HTTP
+        body: bytes = response.read()
+    return body
+
+
+async def save_audit_log(path: str, entry: bytes) -> None:
+    with open(path, "ab") as log:
+        log.write(entry)
+        log.flush()
+        os.fsync(log.fileno())  # mistake 5: waiting for the disk on the loop
+
+
+async def heartbeat(stop: asyncio.Event) -> int:
+    """Healthy work: what suffers when the loop is blocked."""
+    beats = 0
+    while not stop.is_set():
+        await asyncio.sleep(0.01)
+        beats += 1
+    return beats
+
+
+def _payload(seconds: float) -> str:
+    """A JSON document that takes about ``seconds`` to parse here."""
+    sample = json.dumps([{"id": i, "tags": ["a", "b"], "name": "x" * 16} for i in range(20000)])
+    start = time.perf_counter()
+    json.loads(sample)
+    per_copy = max(time.perf_counter() - start, 1e-4)
+    copies = max(1, round(seconds / per_copy))
+    return "[" + ",".join([sample[1:-1]] * copies) + "]"
+
+
+async def service(url: str, blob: str, log_path: str) -> None:
+    stop = asyncio.Event()
+    beats = asyncio.create_task(heartbeat(stop), name="heartbeat")
+    steps = [
+        ("rate-limit", rate_limit()),
+        ("login", hash_password("hunter2")),
+        ("parse", parse_payload(blob)),
+        ("api-call", call_api(url)),
+        ("audit-log", save_audit_log(log_path, b"user logged in\n")),
+    ]
+    for name, step in steps:
+        await asyncio.create_task(step, name=name)
+        await asyncio.sleep(0.02)
+    stop.set()
+    await beats
+
+
+def main() -> int:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
+    threading.Thread(target=server.serve_forever, name="demo-http", daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    print("loopwatch demo: an async service making five classic mistakes "
+          f"(threshold {THRESHOLD * 1000:.0f} ms) ...", file=sys.stderr)
+    blob = _payload(0.15)
+    with tempfile.TemporaryDirectory(prefix="loopwatch-demo-") as folder:
+        log_path = os.path.join(folder, "audit.log")
+        with open(log_path, "wb") as log:
+            # unsynced writes from earlier: the fsync below has to wait for all of them
+            log.write(os.urandom(1 << 20) * 96)
+        try:
+            loopwatch.run(service(url, blob, log_path), threshold=THRESHOLD)
+        finally:
+            server.shutdown()
+            server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
