@@ -1,0 +1,162 @@
+"""``offload("auto")``: run inline until a watch session sees the function block the loop.
+
+Each auto-offloaded function gets a :class:`Policy` on its first call. One
+block listener (registered with the watchdog on the first auto call, never
+holding a strong reference to a policy) looks for the function's code among
+the frames of each block. The first block that is the function's decides, once:
+
+- ``cpu_ratio >= 0.5`` (mostly computing) and the function can be sent to a
+  worker process: later calls run in a worker process;
+- otherwise (waiting on I/O, a lock or a sleep; or no CPU clock; or the
+  function cannot be pickled): later calls run in a thread.
+
+Half, not the report's 0.8 for "cpu": in a process the waiting part costs
+nothing, while in a thread the computing part still holds the GIL against the
+loop; and a CPU-bound function measures below 0.8 on a busy machine.
+
+The decision is logged once on the ``loopwatch`` logger and added to every
+active session's report (``Report.events``).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, Literal
+
+from loopwatch._log import log_once, logger
+from loopwatch.model import Block
+from loopwatch.offload._refs import display_name, function_spec
+from loopwatch.offload.errors import UnpicklableError
+
+#: cpu_ratio at or above which a blocking function goes to a process, not a thread.
+PROCESS_RATIO = 0.5
+
+Decision = Literal["thread", "process"]
+
+
+def _line_range(code: Any) -> tuple[int, int]:
+    first = code.co_firstlineno
+    last = first
+    for _, _, line in code.co_lines():
+        if line is not None and line > last:
+            last = line
+    for const in code.co_consts:  # nested code (comprehensions before 3.12) is part of it too
+        if hasattr(const, "co_lines"):
+            last = max(last, _line_range(const)[1])
+    return first, last
+
+
+class Policy:
+    """Where one auto-offloaded function runs: ``None`` (inline) until a block decides."""
+
+    __slots__ = ("__weakref__", "first", "func", "key", "last", "registered", "target")
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        self.target: Decision | None = None
+        self.registered = False
+        code = getattr(func, "__code__", None)
+        if code is None:
+            self.key = None
+            self.first = self.last = 0
+        else:
+            self.key = (code.co_filename, code.co_name)
+            self.first, self.last = _line_range(code)
+
+    def register(self) -> None:
+        """Start listening for this function's blocks (on its first call)."""
+        self.registered = True
+        if self.key is None:
+            logger.debug("offload('auto'): %s has no Python code to find in a block; "
+                         "it always runs inline", display_name(self.func))
+            return
+        _register(self)
+
+    def downgrade(self, reason: str) -> None:
+        """Send later calls to a thread instead of a process, and say why once."""
+        if self.target == "thread":
+            return
+        self.target = "thread"
+        message = (f"offload('auto'): {_qualified(self.func)} now runs in a thread instead "
+                   f"of a worker process: {reason}")
+        logger.warning(message)
+        _broadcast(message)
+
+    def decide(self, block: Block) -> None:
+        ratio = block.cpu_ratio
+        if ratio is None:
+            measured = "no CPU clock for the loop thread"
+        else:
+            kind = "mostly computing" if ratio >= PROCESS_RATIO else "mostly waiting"
+            measured = f"cpu_ratio {ratio:.2f}, {kind}"
+        target: Decision = "thread"
+        where = "a thread"
+        if ratio is not None and ratio >= PROCESS_RATIO:
+            try:
+                function_spec(self.func)
+            except UnpicklableError as exc:
+                where = f"a thread (not a worker process: {exc})"
+            else:
+                target, where = "process", "a worker process"
+        self.target = target
+        at = f" at {block.site}" if block.site else ""
+        message = (
+            f"offload('auto'): {_qualified(self.func)} blocked the event loop for "
+            f"{block.duration * 1000:.0f} ms{at} ({measured}); later calls run in {where}"
+        )
+        logger.warning(message)
+        _broadcast(message)
+
+
+def _qualified(func: Any) -> str:
+    module = getattr(func, "__module__", None)
+    name = display_name(func)
+    return f"{module}.{name}" if module else name
+
+
+def _broadcast(message: str) -> None:
+    try:
+        from loopwatch.watchdog import WATCHDOG
+
+        WATCHDOG.broadcast_event(message)
+    except Exception:
+        log_once("offload-event", "loopwatch could not add an offload decision to the report")
+
+
+_lock = threading.Lock()
+_by_code: dict[tuple[str, str], list[weakref.ref[Policy]]] = {}
+_listening = False
+
+
+def _register(policy: Policy) -> None:
+    global _listening
+    assert policy.key is not None
+    with _lock:
+        refs = [r for r in _by_code.get(policy.key, ()) if r() is not None]
+        refs.append(weakref.ref(policy))
+        _by_code[policy.key] = refs
+        if not _listening:
+            from loopwatch.watchdog import add_block_listener
+
+            add_block_listener(_on_block)
+            _listening = True
+
+
+def _on_block(block: Block) -> None:
+    """Called by the watchdog thread for every block: cheap when it is not ours."""
+    if not _by_code:
+        return
+    for frame in reversed(block.frames):
+        refs = _by_code.get((frame.file, frame.function))
+        if not refs:
+            continue
+        for ref in tuple(refs):
+            policy = ref()
+            if policy is not None and policy.first <= frame.line <= policy.last:
+                # The innermost auto function on the stack is the one blocking;
+                # one already decided is still running inline from before.
+                if policy.target is None:
+                    policy.decide(block)
+                return

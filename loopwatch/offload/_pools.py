@@ -1,0 +1,98 @@
+"""The shared pools, one per set of options, created on first use and shut down at exit.
+
+After ``fork`` the child must not use the parent's pools: their threads do not
+exist there and their worker processes belong to the parent. An at-fork hook
+forgets them in the child (closing only the child's copies of their file
+descriptors); the child's first call creates fresh pools.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.context import BaseContext
+
+from loopwatch.offload._process import ProcessPool
+
+_lock = threading.Lock()
+_threads: dict[int | None, ThreadPoolExecutor] = {}
+_processes: dict[tuple[int | None, BaseContext | None], ProcessPool] = {}
+_atexit_registered = False
+
+
+def thread_pool(max_workers: int | None) -> ThreadPoolExecutor:
+    pool = _threads.get(max_workers)
+    if pool is not None:
+        return pool
+    with _lock:
+        pool = _threads.get(max_workers)
+        if pool is None:
+            _register_atexit_locked()
+            pool = _threads[max_workers] = ThreadPoolExecutor(
+                max_workers, thread_name_prefix="loopwatch-offload"
+            )
+        return pool
+
+
+def process_pool(max_workers: int | None, context: BaseContext | None) -> ProcessPool:
+    key = (max_workers, context)
+    pool = _processes.get(key)
+    if pool is not None:
+        return pool
+    with _lock:
+        pool = _processes.get(key)
+        if pool is None:
+            _register_atexit_locked()
+            pool = _processes[key] = ProcessPool(max_workers, context)
+        return pool
+
+
+def shutdown(timeout: float = 2.0) -> None:
+    """Shut down every pool ``@offload`` has started; later calls start new ones.
+
+    Worker processes finish the call they are running (up to ``timeout``
+    seconds, then they are terminated); calls still waiting fail with
+    :class:`~loopwatch.offload.OffloadError`. Runs by itself at interpreter
+    exit; call it yourself to release the workers earlier.
+
+    >>> import loopwatch.offload
+    >>> loopwatch.offload.shutdown()
+    """
+    with _lock:
+        processes = list(_processes.values())
+        threads = list(_threads.values())
+        _processes.clear()
+        _threads.clear()
+    for process_pool_ in processes:
+        process_pool_.shutdown(timeout)
+    for thread_pool_ in threads:
+        # Their threads may be running user code that never returns: do not
+        # wait here (concurrent.futures joins its threads at exit anyway).
+        thread_pool_.shutdown(wait=False, cancel_futures=True)
+
+
+def _register_atexit_locked() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(shutdown)
+        _atexit_registered = True
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    # The lock may have been held by another thread of the parent at fork time.
+    _lock = threading.Lock()
+    for pool in list(_processes.values()):
+        try:
+            pool.forget_after_fork()
+        except Exception:
+            pass
+    _processes.clear()
+    # The parent's pool threads do not exist in the child; an executor that
+    # thinks they do would never run anything.
+    _threads.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
