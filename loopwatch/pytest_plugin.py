@@ -402,6 +402,8 @@ class LoopwatchPlugin:
         self._kept = 0
         self._dropped = 0
         self._tests_run = 0
+        self._watched = False
+        self._recent_starts: dict[float, None] = {}
         self._errors: list[str] = []
         self._events: list[str] = []
         self._remote: list[dict[str, Any]] = []
@@ -443,6 +445,7 @@ class LoopwatchPlugin:
         from loopwatch.session import watch
 
         self._session = watch(config=self._core_config).start()
+        self._watched = True
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self._guard(self._finish_run)
@@ -484,13 +487,37 @@ class LoopwatchPlugin:
             return
         self._session.blocks  # noqa: B018 - reading it flushes the watchdog
         state = self._current
-        while self._pending:
-            block = self._pending.popleft()
+        for block in self._unique(self._pending):
             if state is None:
                 self._keep(self._outside, _Seen(block, "outside"))
                 continue
             name, action = fixture or (state.fixtures[-1] if state.fixtures else (None, None))
             self._keep(state.seen, _Seen(block, state.phase, name, action))
+
+    def _unique(self, pending: deque[Block]) -> list[Block]:
+        """Take the pending blocks, without second reports of one loop iteration.
+
+        One thread runs one loop iteration at a time, and an iteration's start
+        time is read from the loop, so two blocks with the same start are the
+        same iteration. The core can report an iteration again under another
+        loop of the same thread (a stopped module- or session-scoped loop,
+        while a function-scoped one runs); keep the report that names a task.
+        """
+        taken: list[Block] = []
+        while pending:
+            taken.append(pending.popleft())
+        best: dict[float, Block] = {}
+        for block in taken:
+            if block.started in self._recent_starts:
+                continue
+            known = best.get(block.started)
+            if known is None or (known.task is None and block.task is not None):
+                best[block.started] = block
+        for start in best:
+            self._recent_starts[start] = None
+        while len(self._recent_starts) > 256:
+            del self._recent_starts[next(iter(self._recent_starts))]
+        return list(best.values())
 
     def _keep(self, target: list[_Seen], seen: _Seen) -> None:
         if self._kept >= MAX_KEPT_BLOCKS:
@@ -601,9 +628,11 @@ class LoopwatchPlugin:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
         bad_marker = self._guard(self._begin_item, item)
+        result = yield
+        # After pytest's own setup, so that its teardown finds everything in place.
         if bad_marker:
             pytest.fail(bad_marker, pytrace=False)
-        return (yield)
+        return result
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
@@ -721,6 +750,7 @@ class LoopwatchPlugin:
             "outside_tests": [s.to_dict() for s in self._outside],
             "flagged": dict(self._flagged),
             "tests_run": self._tests_run,
+            "watched": self._watched,
             "dropped_blocks": self._dropped,
             "events": list(dict.fromkeys(self._events)),
             "errors": list(self._errors),
@@ -763,7 +793,9 @@ class LoopwatchPlugin:
             if len(sites) > MAX_SHOWN_SITES:
                 tr.write_line(f"  ... and {len(sites) - MAX_SHOWN_SITES} more sites")
         tested = sum(1 for seen in data["tests"].values() if seen)
-        if blocks:
+        if not data["watched"]:
+            tr.write_line("loopwatch: nothing was watched", yellow=True)
+        elif blocks:
             failed = sum(1 for v in data["flagged"].values() if v == "failed")
             warned = sum(1 for v in data["flagged"].values() if v == "warned")
             verdict = (f"; {failed} test(s) failed" if failed else "") + (
@@ -881,6 +913,11 @@ def _core_config(
     options: dict[str, Any] = {}
     if "LOOPWATCH_SAMPLE_INTERVAL" not in env:
         options["sample_interval"] = min(0.002, threshold / 4)
+    if "LOOPWATCH_DEADMAN" not in env:
+        # pytest cancels faulthandler's timer for every failing test
+        # (pytest_exception_interact), which makes the deadman switch step aside
+        # after the first failure anyway; off unless asked for (LOOPWATCH_DEADMAN=1).
+        options["deadman"] = False
     try:
         return Config.resolve(
             env=env,
@@ -938,6 +975,7 @@ def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
     into["outside_tests"].extend(other.get("outside_tests", ()))
     into["flagged"].update(other.get("flagged", {}))
     into["tests_run"] += other.get("tests_run", 0)
+    into["watched"] = into["watched"] or other.get("watched", False)
     into["dropped_blocks"] += other.get("dropped_blocks", 0)
     for key in ("events", "errors"):
         for message in other.get(key, ()):
