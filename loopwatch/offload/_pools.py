@@ -9,8 +9,10 @@ descriptors); the child's first call creates fresh pools.
 from __future__ import annotations
 
 import atexit
+import multiprocessing.util  # noqa: F401  (imported for its atexit handler's place: see below)
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.context import BaseContext
 
@@ -65,16 +67,24 @@ def shutdown(timeout: float = 2.0) -> None:
         threads = list(_threads.values())
         _processes.clear()
         _threads.clear()
-    for process_pool_ in processes:
-        process_pool_.shutdown(timeout)
+    deadline = time.monotonic() + timeout
     for thread_pool_ in threads:
-        # Their threads may be running user code that never returns: do not
-        # wait here (concurrent.futures joins its threads at exit anyway).
         thread_pool_.shutdown(wait=False, cancel_futures=True)
+    for process_pool_ in processes:
+        process_pool_.shutdown(max(0.0, deadline - time.monotonic()))
+    for thread_pool_ in threads:
+        # A thread may be running user code that never returns: wait for the
+        # idle ones to end, but not forever.
+        for thread in list(getattr(thread_pool_, "_threads", ())):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _register_atexit_locked() -> None:
     global _atexit_registered
+    # atexit runs handlers last-registered first. multiprocessing's own handler
+    # joins every non-daemon child: it must run after ours has told the
+    # workers to stop, so it is registered (by importing multiprocessing.util,
+    # above) before ours.
     if not _atexit_registered:
         atexit.register(shutdown)
         _atexit_registered = True

@@ -95,30 +95,59 @@ async def rendezvous(n: int) -> tuple[int, int]:
     return os.getpid(), _gate_count
 
 
-_started: dict[str, float] = {}
+def _wait_for(path: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+
+
+def _touch(path: str, text: str = "") -> None:
+    with open(path, "w") as out:
+        out.write(text)
 
 
 @offload("process", max_workers=1)
-async def wait_forever(tag: str, marker: str) -> None:
-    """Write a marker file when cancelled, so the test can see the cancellation arrived."""
+async def wait_forever(marker: str) -> None:
+    """Write ``marker.started``, then wait; write ``marker`` with "cancelled" when cancelled."""
+    _touch(marker + ".started")
     try:
-        with open(marker + ".started", "w"):
-            pass
         await asyncio.sleep(3600)
     except asyncio.CancelledError:
-        with open(marker, "w") as out:
-            out.write(tag)
+        _touch(marker, "cancelled")
         raise
 
 
 @offload("process", max_workers=1)
-def sync_sleep_then_mark(seconds: float, marker: str) -> str:
-    with open(marker + ".started", "w"):
-        pass
-    time.sleep(seconds)
-    with open(marker, "w") as out:
-        out.write("finished")
-    return "done"
+def gated(gate: str, marker: str) -> str:
+    """Write ``marker.started``, wait for the file ``gate``, write ``marker``; a plain function."""
+    _touch(marker + ".started")
+    _wait_for(gate)
+    _touch(marker, "finished")
+    return "finished"
+
+
+@offload("process", max_workers=1)
+def crash_alone(code: int) -> None:
+    os._exit(code)
+
+
+@offload("process", max_workers=1)
+def pid_alone() -> int:
+    return os.getpid()
+
+
+@offload("process", max_workers=2)
+def hold(gate: str) -> int:
+    """Wait for the file ``gate``; return this worker's pid."""
+    _wait_for(gate)
+    return os.getpid()
+
+
+@offload("process", max_workers=2)
+def crash_beside(code: int) -> None:
+    os._exit(code)
 
 
 def spin(seconds: float) -> int:
@@ -128,6 +157,32 @@ def spin(seconds: float) -> int:
     while time.thread_time() < deadline:
         n += 1
     return n
+
+
+@offload
+def auto_spin(seconds: float) -> tuple[int, str]:
+    """CPU-bound: "auto" should move it to a worker process once it blocked the loop."""
+    spin(seconds)
+    return where()
+
+
+@offload
+def auto_sleep(seconds: float) -> tuple[int, str]:
+    """Waiting: "auto" should move it to a thread once it blocked the loop."""
+    time.sleep(seconds)
+    return where()
+
+
+@offload
+async def auto_async_spin(seconds: float) -> tuple[int, str]:
+    spin(seconds)
+    await asyncio.sleep(0)
+    return where()
+
+
+@offload
+def auto_never_blocks() -> tuple[int, str]:
+    return where()
 
 
 class Counter:
@@ -164,3 +219,8 @@ class Counter:
     @staticmethod
     def thrice(n: int) -> int:
         return 3 * n
+
+
+@offload("thread")
+def add_in_thread() -> tuple[int, str]:
+    return where()
