@@ -27,8 +27,7 @@ from typing import Any, Literal
 
 from loopwatch._log import log_once, logger
 from loopwatch.model import Block
-from loopwatch.offload._refs import display_name, function_spec
-from loopwatch.offload.errors import UnpicklableError
+from loopwatch.offload._refs import display_name, why_not_sendable
 
 #: cpu_ratio at or above which a blocking function goes to a process, not a thread.
 PROCESS_RATIO = 0.5
@@ -94,12 +93,11 @@ class Policy:
         target: Decision = "thread"
         where = "a thread"
         if ratio is not None and ratio >= PROCESS_RATIO:
-            try:
-                function_spec(self.func)
-            except UnpicklableError as exc:
-                where = f"a thread (not a worker process: {exc})"
-            else:
+            reason = why_not_sendable(self.func)
+            if reason is None:
                 target, where = "process", "a worker process"
+            else:
+                where = f"a thread, not a worker process: {reason}"
         self.target = target
         at = f" at {block.site}" if block.site else ""
         message = (

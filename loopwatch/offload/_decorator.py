@@ -48,12 +48,12 @@ _ASYNC_MARKER = getattr(asyncio.coroutines, "_is_coroutine", None)
 _INSPECT_MARKER = getattr(inspect, "_is_coroutine_mark", None)
 
 
-class _BoundOffloaded(wrapt.BoundFunctionWrapper):
+class _BoundOffloaded(wrapt.BoundFunctionWrapper[..., Any]):
     _is_coroutine = _ASYNC_MARKER
     _is_coroutine_marker = _INSPECT_MARKER
 
 
-class _Offloaded(wrapt.FunctionWrapper):
+class _Offloaded(wrapt.FunctionWrapper[..., Any]):
     __bound_function_wrapper__ = _BoundOffloaded
     _is_coroutine = _ASYNC_MARKER
     _is_coroutine_marker = _INSPECT_MARKER

@@ -305,7 +305,7 @@ class ProcessPool:
 
     def _start_worker(self, worker: _Worker) -> None:
         parent_sock, child_sock = socket.socketpair()
-        process = self.context.Process(
+        process = self.context.Process(  # type: ignore[attr-defined]
             target=_worker.main, args=(child_sock,), name=worker.name, daemon=False
         )
         try:

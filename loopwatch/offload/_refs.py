@@ -121,26 +121,37 @@ def function_spec(func: Any) -> bytes:
     callable objects); a :class:`FunctionRef` when the name refers to our
     wrapper. Raises :class:`UnpicklableError` naming the reason otherwise.
     """
+    spec = _spec_or_reason(func)
+    if isinstance(spec, bytes):
+        return spec
+    raise UnpicklableError(
+        f"{display_name(func)} cannot run in a worker process: {spec}", what="function"
+    )
+
+
+def why_not_sendable(func: Any) -> str | None:
+    """Why ``func`` cannot be sent to a worker process, or None when it can."""
+    spec = _spec_or_reason(func)
+    return None if isinstance(spec, bytes) else spec
+
+
+def _spec_or_reason(func: Any) -> bytes | str:
     try:
         return pickle.dumps(func, PROTOCOL)
     except Exception as exc:
         error: Exception = exc
-    if isinstance(func, types.FunctionType):
-        module, qualname = func.__module__, func.__qualname__
-        if module and "<locals>" not in qualname and func.__name__ != "<lambda>":
-            ref = FunctionRef(module, qualname)
-            try:
-                found = ref.lookup(import_module=False)
-            except Exception:
-                found = None
-            if found is func:
-                return pickle.dumps(ref, PROTOCOL)
-        reason = _why_not_by_reference(func)
-    else:
-        reason = f"{describe_pickle_error(func, error)}"
-    raise UnpicklableError(
-        f"{display_name(func)} cannot run in a worker process: {reason}", what="function"
-    )
+    if not isinstance(func, types.FunctionType):
+        return describe_pickle_error(func, error)
+    module, qualname = func.__module__, func.__qualname__
+    if module and "<locals>" not in qualname and func.__name__ != "<lambda>":
+        ref = FunctionRef(module, qualname)
+        try:
+            found = ref.lookup(import_module=False)
+        except Exception:
+            found = None
+        if found is func:
+            return pickle.dumps(ref, PROTOCOL)
+    return _why_not_by_reference(func)
 
 
 def portable(func: Any) -> Any:

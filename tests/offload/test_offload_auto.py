@@ -1,0 +1,126 @@
+"""offload("auto"): inline until a watch session sees the function block, then off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import offload_workload as w
+import pytest
+
+import loopwatch
+from loopwatch.session import Session
+
+WAIT = 30.0  # seconds; generous: only reached when something is broken
+
+
+async def decided(session: Session, name: str) -> str:
+    """The report event announcing the decision about ``name``, once the watchdog made it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while loop.time() < deadline:
+        # The block ended with the previous iteration; report() finishes it now.
+        for event in session.report().events:
+            if f"{name}() blocked the event loop" in event:
+                return event
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no decision about {name}() in {session.report().events}")
+
+
+def run_watched(main: Callable[[Session], Awaitable[Any]]) -> tuple[Any, loopwatch.Report]:
+    """Run main(session) with asyncio.run inside a real watch session; (result, report)."""
+    with loopwatch.watch(threshold=0.05) as session:
+        result = asyncio.run(main(session))
+    return result, session.report()
+
+
+def test_runs_inline_until_it_blocks() -> None:
+    """Before any block, calls run inline on the loop's own thread."""
+
+    async def main(session: Session) -> tuple[int, str]:
+        return await w.auto_never_blocks()
+
+    (pid, thread), report = run_watched(main)
+    assert report.events == ()
+    assert (pid, thread) == (os.getpid(), threading.current_thread().name)
+
+
+def test_cpu_bound_function_moves_to_a_worker_process(caplog: pytest.LogCaptureFixture) -> None:
+    """A function that blocked the loop computing runs in a worker process afterwards."""
+    caplog.set_level(logging.WARNING, logger="loopwatch")
+
+    async def main(session: Session) -> tuple[tuple[int, str], tuple[int, str], str]:
+        first = await w.auto_spin(0.25)
+        await asyncio.sleep(0)  # end the blocking iteration
+        event = await decided(session, "auto_spin")
+        second = await w.auto_spin(0.001)
+        return first, second, event
+
+    (first, second, event), report = run_watched(main)
+    assert first[0] == os.getpid()
+    assert "later calls run in a worker process" in event, event
+    assert "offload_workload.auto_spin() blocked the event loop for" in event
+    assert "mostly computing" in event
+    assert second[0] != os.getpid()
+    assert event in report.events
+    decisions = [r for r in caplog.records if "auto_spin() blocked the event loop" in r.message]
+    assert len(decisions) == 1
+    assert decisions[0].name == "loopwatch"
+
+
+def test_waiting_function_moves_to_a_thread() -> None:
+    """A function that blocked the loop sleeping runs in a pool thread afterwards."""
+
+    async def main(session: Session) -> tuple[tuple[int, str], tuple[int, str], str]:
+        first = await w.auto_sleep(0.25)
+        await asyncio.sleep(0)
+        event = await decided(session, "auto_sleep")
+        second = await w.auto_sleep(0.001)
+        return first, second, event
+
+    (first, second, event), _ = run_watched(main)
+    assert first[1] == threading.current_thread().name
+    assert "later calls run in a thread" in event, event
+    assert "mostly waiting" in event
+    assert second[0] == os.getpid()
+    assert second[1].startswith("loopwatch-offload")
+
+
+def test_async_function_that_computes_moves_to_a_worker_loop() -> None:
+    """An async def function that blocked computing runs on a worker process's loop after."""
+
+    async def main(session: Session) -> tuple[tuple[int, str], str]:
+        await w.auto_async_spin(0.25)
+        await asyncio.sleep(0)
+        event = await decided(session, "auto_async_spin")
+        return await w.auto_async_spin(0.001), event
+
+    ((pid, thread), event), _ = run_watched(main)
+    assert "later calls run in a worker process" in event, event
+    assert pid != os.getpid() and thread == "loopwatch-worker-loop"
+
+
+def test_function_that_cannot_be_pickled_goes_to_a_thread() -> None:
+    """A CPU-bound nested function cannot reach a worker process: it gets a thread, and why."""
+
+    @loopwatch.offload.offload
+    def local_spin(seconds: float) -> str:
+        w.spin(seconds)
+        return threading.current_thread().name
+
+    async def main(session: Session) -> tuple[str, str]:
+        await local_spin(0.25)
+        await asyncio.sleep(0)
+        event = await decided(session, "test_function_that_cannot_be_pickled_goes_to_a_thread."
+                                       "<locals>.local_spin")
+        return await local_spin(0.001), event
+
+    (thread, event), _ = run_watched(main)
+    print(event)
+    assert thread.startswith("loopwatch-offload")
+    if "mostly computing" in event:
+        assert "not a worker process" in event and "defined inside another function" in event
