@@ -20,11 +20,13 @@ per test.
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import json
 import linecache
 import math
 import os
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
@@ -363,18 +365,42 @@ class _Seen:
         return data
 
 
+_Label = tuple[Phase, "str | None", "str | None"]
+"""(test phase, fixture name, fixture action) of one window."""
+
+
 @dataclass
 class _ItemState:
-    """The test being run: its rules and the blocks seen so far."""
+    """The test being run: its rules, its windows and the blocks seen so far.
+
+    A window opens at each boundary (a phase starting, a fixture's setup
+    starting or ending, a fixture finalized) and runs to the next one; its
+    start is a ``time.monotonic()`` reading, the loop clock the core stamps
+    blocks with. Marking a boundary costs a clock read; the watchdog is only
+    flushed when the blocks are needed.
+    """
 
     nodeid: str
     rules: _TestRules
     phase: Phase = "setup"
-    fixtures: list[tuple[str, str]] = field(default_factory=list)
+    fixtures: list[str] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)
+    labels: list[_Label] = field(default_factory=list)
     seen: list[_Seen] = field(default_factory=list)
     extra: Session | None = None
     reported_in_longrepr: set[str] = field(default_factory=set)
     sectioned: set[str] = field(default_factory=set)
+
+    def mark(self) -> None:
+        """Open a window labelled with the current phase and fixture, from now."""
+        fixture = self.fixtures[-1] if self.fixtures else None
+        self.starts.append(time.monotonic())
+        self.labels.append((self.phase, fixture, "setup" if fixture else None))
+
+    def label_at(self, end: float) -> _Label | None:
+        """The label of the window in which a block that ended at ``end`` ended."""
+        index = bisect.bisect_right(self.starts, end) - 1
+        return self.labels[index] if index >= 0 else None
 
     def counted(self, phases: Iterable[str]) -> list[_Seen]:
         wanted = set(phases)
@@ -481,18 +507,18 @@ class LoopwatchPlugin:
 
     # -- windows ------------------------------------------------------------------
 
-    def _drain(self, fixture: tuple[str, str] | None = None) -> None:
-        """Attribute every block that has ended so far to the window that is closing."""
+    def _drain(self) -> None:
+        """Attribute every block that has ended so far to the window it ended in."""
         if self._session is None:
             return
         self._session.blocks  # noqa: B018 - reading it flushes the watchdog
         state = self._current
         for block in self._unique(self._pending):
-            if state is None:
+            label = state.label_at(_ended(block)) if state is not None else None
+            if state is None or label is None:
                 self._keep(self._outside, _Seen(block, "outside"))
-                continue
-            name, action = fixture or (state.fixtures[-1] if state.fixtures else (None, None))
-            self._keep(state.seen, _Seen(block, state.phase, name, action))
+            else:
+                self._keep(state.seen, _Seen(block, *label))
 
     def _unique(self, pending: deque[Block]) -> list[Block]:
         """Take the pending blocks, without second reports of one loop iteration.
@@ -529,13 +555,13 @@ class LoopwatchPlugin:
     # -- per test -------------------------------------------------------------------
 
     def _begin_item(self, item: pytest.Item) -> str | None:
-        self._drain()
         error = None
         try:
             rules = _rules_for(item, self.settings.threshold)
         except SettingsError as bad:
             rules, error = _TestRules(self.settings.threshold, True), str(bad)
         state = self._current = _ItemState(item.nodeid, rules)
+        state.mark()
         if rules.threshold < self.settings.threshold and self._session is not None:
             # The run's session only hears of blocks over the run's threshold; a
             # short extra session lowers the watchdog's threshold for this test.
@@ -552,23 +578,23 @@ class LoopwatchPlugin:
         return error
 
     def _enter_phase(self, phase: Phase) -> None:
-        self._drain()
-        if self._current is not None:
-            self._current.phase = phase
+        state = self._current
+        if state is not None:
+            state.phase = phase
+            state.fixtures.clear()
+            state.mark()
 
     def _end_item(self) -> None:
-        self._drain()
-        state, self._current = self._current, None
+        state = self._current
         if state is None:
             return
-        self._last = state
-        self._tests_run += 1
         if state.extra is not None:
             extra, state.extra = state.extra, None
-            extra.stop()
-            self._current = state
-            self._drain()
-            self._current = None
+            extra.stop()  # its last blocks reach _pending
+        self._drain()
+        self._current = None
+        self._last = state
+        self._tests_run += 1
         if state.seen:
             self._tests.setdefault(state.nodeid, []).extend(state.seen)
 
@@ -676,7 +702,8 @@ class LoopwatchPlugin:
         state = self._current
         if state is None or state.nodeid != item.nodeid:
             return
-        self._drain()
+        if report.when == "setup" and not report.passed:
+            self._drain()  # no call phase follows to do it
         phases: tuple[str, ...] = (report.when,) if report.when else ()
         if report.when == "call" or (report.when == "setup" and not report.passed):
             phases = ("setup", "call")
@@ -704,16 +731,16 @@ class LoopwatchPlugin:
         state = self._current
         if state is None:
             return False
-        self._drain()
-        state.fixtures.append((name, "setup"))
+        state.fixtures.append(name)
+        state.mark()
         return True
 
     def _fixture_exit(self) -> None:
         state = self._current
         if state is None or not state.fixtures:
             return
-        self._drain()
         state.fixtures.pop()
+        state.mark()
 
     def pytest_fixture_post_finalizer(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
@@ -723,9 +750,12 @@ class LoopwatchPlugin:
         self._guard(self._fixture_finalized, fixturedef.argname)
 
     def _fixture_finalized(self, name: str) -> None:
-        if self._current is None:
+        state = self._current
+        if state is None or not state.labels:
             return
-        self._drain(fixture=(name, "teardown"))
+        # The window since the previous boundary was this fixture's finalizers.
+        state.labels[-1] = (state.phase, name, "teardown")
+        state.mark()
 
     # -- the loopwatch fixture ------------------------------------------------------
 
@@ -899,6 +929,13 @@ class LoopwatchPlugin:
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:,.0f} ms"
+
+
+def _ended(block: Block) -> float:
+    """When the block's iteration ended, on the loop clock (``time.monotonic()``)."""
+    from loopwatch.watchdog import WALL_OFFSET
+
+    return block.started - WALL_OFFSET + block.duration
 
 
 def _core_config(
