@@ -55,7 +55,8 @@ def line_of(source: str, needle: str) -> int:
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(*args, timeout=120)
+    # hypothesis's plugin alone takes about a second to import: not needed here
+    return pytester.runpytest_subprocess("-p", "no:hypothesispytest", *args, timeout=120)
 
 
 BASIC = """
