@@ -26,6 +26,7 @@ import json
 import linecache
 import math
 import os
+import sysconfig
 import time
 import warnings
 from collections import deque
@@ -421,7 +422,6 @@ class LoopwatchPlugin:
         self._pending: deque[Block] = deque()
         self._session: Session | None = None
         self._current: _ItemState | None = None
-        self._last: _ItemState | None = None
         self._tests: dict[str, list[_Seen]] = {}
         self._outside: list[_Seen] = []
         self._flagged: dict[str, str] = {}
@@ -593,7 +593,6 @@ class LoopwatchPlugin:
             extra.stop()  # its last blocks reach _pending
         self._drain()
         self._current = None
-        self._last = state
         self._tests_run += 1
         if state.seen:
             self._tests.setdefault(state.nodeid, []).extend(state.seen)
@@ -799,6 +798,8 @@ class LoopwatchPlugin:
         self._guard(self._summary, terminalreporter)
 
     def _summary(self, tr: Any) -> None:
+        if self.config.option.collectonly:
+            return
         data = self._final
         if data is None:
             if self._errors:
@@ -863,10 +864,13 @@ class LoopwatchPlugin:
         except ValueError:
             relative = location
         if relative.startswith(".."):
-            marker = "site-packages" + os.sep
             relative = location
+            marker = "site-packages" + os.sep
+            stdlib = sysconfig.get_paths().get("stdlib", "") + os.sep
             if marker in location:
                 relative = "..." + os.sep + location.split(marker, 1)[1]
+            elif stdlib != os.sep and location.startswith(stdlib):
+                relative = "<stdlib>" + os.sep + location[len(stdlib):]
         return relative + sep + line
 
     def _render_failure(self, nodeid: str, counted: list[_Seen], threshold: float) -> str:
@@ -1070,7 +1074,7 @@ def loopwatch(request: pytest.FixtureRequest) -> Generator[LoopwatchBlocks, None
         pytest.fail(problem, pytrace=False)
     settings = config.stash.get(_settings_key, None) or Settings()
     try:
-        rules = _rules_for(request.node, settings.threshold)  # type: ignore[arg-type]
+        rules = _rules_for(request.node, settings.threshold)
     except SettingsError as error:
         pytest.fail(str(error), pytrace=False)
     from loopwatch.session import watch
