@@ -5,8 +5,9 @@ Calls are pickled in the caller's thread (so a bad argument fails right there)
 and sent straight away without blocking (``MSG_DONTWAIT``); whatever does not
 fit goes to the worker's outbox, which the reader thread flushes.
 
-Scheduling: a worker runs at most one plain (sync) call at a time; further
-sync calls wait in the parent's queue, where cancelling them costs nothing.
+Scheduling: a worker runs one plain (sync) call at a time, and holds at most
+one more, prefetched once every worker is busy; further sync calls wait in the
+parent's queue, where cancelling them costs nothing.
 Async calls go to the least busy worker at once, since its event loop serves
 many of them. Workers are started on demand, up to ``max_workers``, by the
 reader thread (``Process.start`` takes milliseconds: not on the caller's loop).
@@ -48,6 +49,7 @@ _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _names = itertools.count(1)
+_SYNC_DEPTH = 2  # sync calls a worker holds at once: one running, one prefetched
 
 
 class Call:
@@ -84,7 +86,7 @@ class _Worker:
         "reader",
         "ready",
         "sock",
-        "sync_call",
+        "sync_count",
         "watching",
     )
 
@@ -94,7 +96,7 @@ class _Worker:
         self.sock: socket.socket | None = None
         self.outbox: deque[bytes | memoryview] = deque()
         self.calls: dict[int, Call] = {}
-        self.sync_call: Call | None = None
+        self.sync_count = 0  # sync calls sent to it: running, plus at most one prefetched
         self.pid: int | None = None
         self.ready = False
         self.reader = p.FrameReader()
@@ -160,31 +162,31 @@ class ProcessPool:
     # -- scheduling (lock held) -----------------------------------------------
 
     def _pick_locked(self, is_async: bool) -> _Worker | None:
-        best: _Worker | None = None
+        """The worker for a new call; None: wait in the queue (sync calls only)."""
+        workers = self._workers
         if is_async:
-            for w in self._workers:
-                if best is None or (w.sync_call is not None, len(w.calls)) < (
-                    best.sync_call is not None,
-                    len(best.calls),
-                ):
-                    best = w
+            best = min(workers, key=lambda w: (w.sync_count > 0, len(w.calls)), default=None)
             if best is not None and not best.calls:
                 return best
-        else:
-            for w in self._workers:
-                if w.sync_call is None and (best is None or len(w.calls) < len(best.calls)):
-                    best = w
-            if best is not None:
-                return best
-        if len(self._workers) < self.max_workers:
+            if len(workers) < self.max_workers:
+                return self._new_worker_locked()
+            return best
+        idle = [w for w in workers if w.sync_count == 0]
+        if idle:
+            return min(idle, key=lambda w: len(w.calls))
+        if len(workers) < self.max_workers:
             return self._new_worker_locked()
-        return best
+        # Every worker is running a sync call: prefetch one more into each, so that
+        # it starts the next call without waiting for a round trip through here
+        # (which, with the CPUs busy, can take a scheduler time slice).
+        ready = [w for w in workers if w.sync_count < _SYNC_DEPTH]
+        return min(ready, key=lambda w: len(w.calls)) if ready else None
 
     def _assign_locked(self, worker: _Worker, call: Call) -> None:
         call.worker = worker
         worker.calls[call.id] = call
         if not call.is_async:
-            worker.sync_call = call
+            worker.sync_count += 1
         kind = p.CALL_ASYNC if call.is_async else p.CALL_SYNC
         payload, call.payload = call.payload, b""
         self._write_locked(worker, p.frame(kind, call.id, payload))
@@ -386,8 +388,8 @@ class ProcessPool:
                 call = worker.calls.pop(call_id, None)
                 if call is None:
                     continue
-                if call is worker.sync_call:
-                    worker.sync_call = None
+                if not call.is_async:
+                    worker.sync_count -= 1
                     freed = True
                 if not call.cancelled:
                     done.append((call, kind, body))
@@ -430,7 +432,7 @@ class ProcessPool:
             self._dirty.discard(worker)
             calls = list(worker.calls.values())
             worker.calls.clear()
-            worker.sync_call = None
+            worker.sync_count = 0
             worker.outbox.clear()
             worker.sock = None
             if not self._closed:
@@ -441,7 +443,10 @@ class ProcessPool:
             pass
         how = _describe_exit(exitcode)
         if not worker.ready:
-            how += " while starting up, before the call ran (its error output may say why)"
+            how += (
+                " while starting up, before the call ran (its error output says why; a script "
+                "that does work at import needs an `if __name__ == \"__main__\":` guard)"
+            )
         else:
             how += " before the call returned"
         for call in calls:

@@ -142,16 +142,21 @@ def _spec_or_reason(func: Any) -> bytes | str:
         error: Exception = exc
     if not isinstance(func, types.FunctionType):
         return describe_pickle_error(func, error)
+    ref = _reference_past_wrapper(func)
+    return pickle.dumps(ref, PROTOCOL) if ref is not None else _why_not_by_reference(func)
+
+
+def _reference_past_wrapper(func: types.FunctionType) -> FunctionRef | None:
+    """A reference that finds ``func`` by name through our wrapper, if there is one."""
     module, qualname = func.__module__, func.__qualname__
-    if module and "<locals>" not in qualname and func.__name__ != "<lambda>":
-        ref = FunctionRef(module, qualname)
-        try:
-            found = ref.lookup(import_module=False)
-        except Exception:
-            found = None
-        if found is func:
-            return pickle.dumps(ref, PROTOCOL)
-    return _why_not_by_reference(func)
+    if not module or "<locals>" in qualname or func.__name__ == "<lambda>":
+        return None
+    ref = FunctionRef(module, qualname)
+    try:
+        found = ref.lookup(import_module=False)
+    except Exception:
+        return None
+    return ref if found is func else None
 
 
 def portable(func: Any) -> Any:
@@ -165,15 +170,9 @@ def portable(func: Any) -> Any:
         return func
     try:
         pickle.dumps(func, PROTOCOL)
-        return func
     except Exception:
-        pass
-    try:
-        spec = function_spec(func)
-    except UnpicklableError:
-        return func
-    loaded = pickle.loads(spec)
-    return loaded if isinstance(loaded, FunctionRef) else func
+        return _reference_past_wrapper(func) or func
+    return func
 
 
 def split_bound(wrapped: Any, instance: Any) -> tuple[Any, tuple[Any, ...]]:

@@ -214,7 +214,7 @@ def _result_frame(call_id: int, func: Any, value: Any) -> bytes:
     try:
         body = pickle.dumps(value, PROTOCOL)
     except Exception as exc:
-        return _failed_frame(call_id, str(result_error(display_name(func), value, exc)), "result")
+        return _failed_frame(call_id, result_error(display_name(func), value, exc))
     return p.frame(p.RESULT, call_id, body)
 
 
@@ -234,12 +234,8 @@ def _error_frame(call_id: int, exc: BaseException) -> bytes:
     return p.frame(p.ERROR, call_id, body)
 
 
-def _failed_frame(call_id: int, message: str, what: str = "") -> bytes:
-    error: OffloadError
-    if what == "result":
-        from loopwatch.offload.errors import UnpicklableError
-
-        error = UnpicklableError(message, what=what)
-    else:
-        error = OffloadError(message)
+def _failed_frame(call_id: int, error: OffloadError | str) -> bytes:
+    """A reply saying loopwatch (not the function) failed: an OffloadError, or its message."""
+    if isinstance(error, str):
+        error = OffloadError(error)
     return p.frame(p.FAILED, call_id, pickle.dumps(error, PROTOCOL))

@@ -53,6 +53,12 @@ def fail(message: str) -> None:
     raise ParseError(message)
 
 
+@offload("process")
+async def async_fail(message: str) -> None:
+    await asyncio.sleep(0)
+    raise ParseError(message)
+
+
 class NeedsTwoArgs(Exception):
     def __init__(self, a: str, b: str) -> None:
         super().__init__(f"{a}/{b}")
@@ -177,6 +183,12 @@ def auto_sleep(seconds: float) -> tuple[int, str]:
 async def auto_async_spin(seconds: float) -> tuple[int, str]:
     spin(seconds)
     await asyncio.sleep(0)
+    return where()
+
+
+@offload
+def auto_spin_with(seconds: float, callback: object = None) -> tuple[int, str]:
+    spin(seconds)
     return where()
 
 

@@ -124,3 +124,29 @@ def test_function_that_cannot_be_pickled_goes_to_a_thread() -> None:
     assert thread.startswith("loopwatch-offload")
     if "mostly computing" in event:
         assert "not a worker process" in event and "defined inside another function" in event
+
+
+def test_unpicklable_argument_after_moving_to_a_process_falls_back_to_a_thread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """"auto" never breaks a call that worked inline: an argument a worker process cannot
+    receive sends the call, and later ones, to a thread instead, saying so once."""
+    caplog.set_level(logging.WARNING, logger="loopwatch")
+
+    async def main(session: Session) -> tuple[tuple[int, str], tuple[int, str], str]:
+        await w.auto_spin_with(0.25)
+        await asyncio.sleep(0)
+        event = await decided(session, "auto_spin_with")
+        in_process = await w.auto_spin_with(0.001)
+        in_thread = await w.auto_spin_with(0.001, callback=lambda: None)
+        return in_process, in_thread, event
+
+    (in_process, in_thread, event), report = run_watched(main)
+    if "worker process" not in event:
+        pytest.skip(f"the block did not measure as CPU-bound on this machine: {event}")
+    assert in_process[0] != os.getpid()
+    assert in_thread[0] == os.getpid() and in_thread[1].startswith("loopwatch-offload")
+    fallback = [e for e in report.events if "now runs in a thread" in e]
+    assert len(fallback) == 1
+    assert "argument 'callback' of auto_spin_with() cannot be sent" in fallback[0]
+    assert sum("now runs in a thread" in r.message for r in caplog.records) == 1

@@ -94,6 +94,10 @@ async def test_remote_exception_keeps_type_message_and_traceback() -> None:
     assert "offload_workload.py" in cause.tb
     shown = "".join(traceback.format_exception(info.value))
     assert "raise ParseError(message)" in shown
+    with pytest.raises(w.ParseError, match=r"^from a coroutine$") as info:
+        await w.async_fail("from a coroutine")
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "in async_fail" in info.value.__cause__.tb
 
 
 @pytest.mark.asyncio
@@ -276,10 +280,11 @@ def test_exit_shuts_workers_down_without_help(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     pids = [int(pid) for pid in done.stdout.split()]
-    assert len(pids) >= 2
+    assert len(pids) >= 2, done.stdout
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+            print(pid, Path(f"/proc/{pid}/status").read_text()[:300])
 
 
 def _in_forked_child(conn: multiprocessing.connection.Connection) -> None:
