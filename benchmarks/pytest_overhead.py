@@ -93,14 +93,22 @@ def main() -> None:
     def median(runs: list[tuple[float, float]], index: int) -> float:
         return statistics.median(r[index] for r in runs)
 
+    def best(runs: list[tuple[float, float]], index: int) -> float:
+        return min(r[index] for r in runs)
+
     print(f"{args.tests} short pytest-asyncio tests, {args.repeat} interleaved runs each")
-    print(f"{'':24}{'process wall':>14}{'pytest says':>14}")
+    print(f"{'median':24}{'process wall':>14}{'pytest says':>14}   process walls")
     for label, runs in (("plain", plain), ("--loopwatch", loopwatch)):
         walls = ", ".join(f"{r[0]:.2f}" for r in runs)
         print(f"{label:24}{median(runs, 0):>13.2f}s{median(runs, 1):>13.2f}s   [{walls}]")
     print(
-        f"{'ratio (medians)':24}{median(loopwatch, 0) / median(plain, 0):>13.3f}x"
+        f"{'ratio of medians':24}{median(loopwatch, 0) / median(plain, 0):>13.3f}x"
         f"{median(loopwatch, 1) / median(plain, 1):>13.3f}x"
+    )
+    # On a busy machine noise only ever adds time: the fastest runs compare the costs.
+    print(
+        f"{'ratio of fastest runs':24}{best(loopwatch, 0) / best(plain, 0):>13.3f}x"
+        f"{best(loopwatch, 1) / best(plain, 1):>13.3f}x"
     )
 
 
