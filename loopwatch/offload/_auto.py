@@ -2,13 +2,22 @@
 
 Each auto-offloaded function gets a :class:`Policy` on its first call. One
 block listener (registered with the watchdog on the first auto call, never
-holding a strong reference to a policy) looks for the function's code among
-the frames of each block. The first block that is the function's decides, once:
+holding a strong reference to a policy) looks for the function's code in the
+stacks sampled during each block. The first block that is the function's
+decides, once:
 
 - ``cpu_ratio >= 0.5`` (mostly computing) and the function can be sent to a
   worker process: later calls run in a worker process;
 - otherwise (waiting on I/O, a lock or a sleep; or no CPU clock; or the
   function cannot be pickled): later calls run in a thread.
+
+A block "is the function's" when the function is in the block's most-sampled
+stack, or (for a plain function, timed on each inline call) when its last
+call took at least a fifth of the block. One iteration of the loop often runs
+several things (``gather`` of two blocking calls is one block), so the
+block's own ``cpu_ratio`` mixes them: a plain function is judged by its own
+CPU time over wall time, summed over its inline calls (two clock reads per
+call); an ``async def`` function, which is not timed, by the block's.
 
 Half, not the report's 0.8 for "cpu": in a process the waiting part costs
 nothing, while in a thread the computing part still holds the GIL against the
@@ -21,16 +30,19 @@ active session's report (``Report.events``).
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Literal
 
 from loopwatch._log import log_once, logger
-from loopwatch.model import Block
+from loopwatch.model import Block, Frame
 from loopwatch.offload._refs import display_name, why_not_sendable
 
 #: cpu_ratio at or above which a blocking function goes to a process, not a thread.
 PROCESS_RATIO = 0.5
+#: A timed call at least this share of a block it appears in makes the block its own.
+SHARE = 0.2
 
 Decision = Literal["thread", "process"]
 
@@ -50,12 +62,24 @@ def _line_range(code: Any) -> tuple[int, int]:
 class Policy:
     """Where one auto-offloaded function runs: ``None`` (inline) until a block decides."""
 
-    __slots__ = ("__weakref__", "first", "func", "key", "last", "registered", "target")
+    __slots__ = (
+        "__weakref__",
+        "cpu",
+        "first",
+        "func",
+        "key",
+        "last",
+        "last_wall",
+        "registered",
+        "target",
+        "wall",
+    )
 
     def __init__(self, func: Callable[..., Any]) -> None:
         self.func = func
         self.target: Decision | None = None
         self.registered = False
+        self.wall = self.cpu = self.last_wall = 0.0  # inline timing (plain functions)
         code = getattr(func, "__code__", None)
         if code is None:
             self.key = None
@@ -73,6 +97,16 @@ class Policy:
             return
         _register(self)
 
+    def run_timed(self, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """Call a plain function inline, adding its wall and CPU time to the totals."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            self.last_wall = time.perf_counter() - wall
+            self.wall += self.last_wall
+            self.cpu += time.thread_time() - cpu
+
     def downgrade(self, reason: str) -> None:
         """Send later calls to a thread instead of a process, and say why once."""
         if self.target == "thread":
@@ -83,13 +117,28 @@ class Policy:
         logger.warning(message)
         _broadcast(message)
 
-    def decide(self, block: Block) -> None:
-        ratio = block.cpu_ratio
+    def consider(self, block: Block, frame: Frame, most_sampled: bool) -> None:
+        """Decide, if this block is this function's (see the module docstring).
+
+        ``frame`` is the function's frame in the stack where it was found.
+        """
+        if self.target is not None:
+            return
+        timed = self.wall > 0
+        if not most_sampled and not (timed and self.last_wall >= SHARE * block.duration):
+            return
+        if timed:
+            ratio: float | None = min(1.0, self.cpu / self.wall)
+            measured = f"cpu_ratio {ratio:.2f} over its calls"
+        else:
+            ratio = block.cpu_ratio
+            measured = f"block cpu_ratio {ratio:.2f}" if ratio is not None else ""
         if ratio is None:
             measured = "no CPU clock for the loop thread"
+        elif ratio >= PROCESS_RATIO:
+            measured += ": mostly computing"
         else:
-            kind = "mostly computing" if ratio >= PROCESS_RATIO else "mostly waiting"
-            measured = f"cpu_ratio {ratio:.2f}, {kind}"
+            measured += ": mostly waiting"
         target: Decision = "thread"
         where = "a thread"
         if ratio is not None and ratio >= PROCESS_RATIO:
@@ -99,7 +148,8 @@ class Policy:
             else:
                 where = f"a thread, not a worker process: {reason}"
         self.target = target
-        at = f" at {block.site}" if block.site else ""
+        site = block.site if most_sampled and block.site else frame.location
+        at = f" at {site}"
         message = (
             f"offload('auto'): {_qualified(self.func)} blocked the event loop for "
             f"{block.duration * 1000:.0f} ms{at} ({measured}); later calls run in {where}"
@@ -146,15 +196,23 @@ def _on_block(block: Block) -> None:
     """Called by the watchdog thread for every block: cheap when it is not ours."""
     if not _by_code:
         return
-    for frame in reversed(block.frames):
+    found = _innermost_policy(block.frames)
+    if found is not None:
+        found[0].consider(block, found[1], most_sampled=True)
+    for stack in block.stacks:
+        other = _innermost_policy(stack.frames)
+        if other is not None and (found is None or other[0] is not found[0]):
+            other[0].consider(block, other[1], most_sampled=False)
+
+
+def _innermost_policy(frames: tuple[Frame, ...]) -> tuple[Policy, Frame] | None:
+    """The innermost auto-offloaded function in a stack (the one blocking), and its frame."""
+    for frame in reversed(frames):
         refs = _by_code.get((frame.file, frame.function))
         if not refs:
             continue
         for ref in tuple(refs):
             policy = ref()
             if policy is not None and policy.first <= frame.line <= policy.last:
-                # The innermost auto function on the stack is the one blocking;
-                # one already decided is still running inline from before.
-                if policy.target is None:
-                    policy.decide(block)
-                return
+                return policy, frame
+    return None

@@ -375,7 +375,7 @@ class _Handler:
         if target is None:
             if self.is_async:
                 return cast(Coroutine[Any, Any, Any], wrapped(*args, **kwargs))
-            return _inline(wrapped, args, kwargs)
+            return _inline(policy, wrapped, args, kwargs)
         if target == "thread":
             return self._thread(wrapped, instance, args, kwargs)
         return self._auto_process(wrapped, instance, args, kwargs)
@@ -398,8 +398,10 @@ class _Handler:
         return await self._thread(wrapped, instance, args, kwargs)
 
 
-async def _inline(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return func(*args, **kwargs)
+async def _inline(
+    policy: Policy, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    return policy.run_timed(func, args, kwargs)
 
 
 async def _in_thread(

@@ -193,6 +193,18 @@ def auto_spin_with(seconds: float, callback: object = None) -> tuple[int, str]:
 
 
 @offload
+def auto_pair_cpu(seconds: float) -> tuple[int, str]:
+    spin(seconds)
+    return where()
+
+
+@offload
+def auto_pair_wait(seconds: float) -> tuple[int, str]:
+    time.sleep(seconds)
+    return where()
+
+
+@offload
 def auto_never_blocks() -> tuple[int, str]:
     return where()
 
@@ -236,3 +248,9 @@ class Counter:
 @offload("thread")
 def add_in_thread() -> tuple[int, str]:
     return where()
+
+
+@offload("process")
+def echo_size(data: bytes) -> tuple[int, bytes]:
+    """The size of data, and data reversed (large payloads both ways)."""
+    return len(data), data[::-1]

@@ -90,6 +90,27 @@ def test_waiting_function_moves_to_a_thread() -> None:
     assert second[1].startswith("loopwatch-offload")
 
 
+def test_two_functions_blocking_in_one_iteration_are_judged_each_on_its_own() -> None:
+    """gather() of a computing and a sleeping function is one block with a mixed cpu_ratio:
+    each function is judged by its own timed calls, and moves where it belongs."""
+
+    async def main(session: Session) -> tuple[tuple[int, str], tuple[int, str], str, str]:
+        await asyncio.gather(w.auto_pair_cpu(0.25), w.auto_pair_wait(0.25))
+        await asyncio.sleep(0)
+        cpu_event = await decided(session, "auto_pair_cpu")
+        wait_event = await decided(session, "auto_pair_wait")
+        cpu, waited = await asyncio.gather(w.auto_pair_cpu(0.001), w.auto_pair_wait(0.001))
+        return cpu, waited, cpu_event, wait_event
+
+    (cpu, waited, cpu_event, wait_event), report = run_watched(main)
+    assert len(report.blocks) >= 1
+    assert "later calls run in a worker process" in cpu_event, cpu_event
+    assert "over its calls: mostly computing" in cpu_event
+    assert cpu[0] != os.getpid()
+    assert "later calls run in a thread" in wait_event, wait_event
+    assert waited[1].startswith("loopwatch-offload")
+
+
 def test_async_function_that_computes_moves_to_a_worker_loop() -> None:
     """An async def function that blocked computing runs on a worker process's loop after."""
 

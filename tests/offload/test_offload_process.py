@@ -84,6 +84,17 @@ async def test_one_worker_serves_many_concurrent_async_calls() -> None:
 
 
 @pytest.mark.asyncio
+async def test_large_arguments_and_results_both_ways() -> None:
+    """Payloads far larger than a socket buffer arrive whole, also many at once."""
+    data = bytes(range(256)) * 32_000  # 8 MB
+    size, back = await w.echo_size(data)
+    assert size == len(data) and back == data[::-1]
+    chunk = data[:1_000_000]
+    results = await asyncio.gather(*(w.echo_size(chunk) for _ in range(12)))
+    assert all(result == (len(chunk), chunk[::-1]) for result in results)
+
+
+@pytest.mark.asyncio
 async def test_remote_exception_keeps_type_message_and_traceback() -> None:
     """The function's exception comes back as itself, with the worker's traceback as cause."""
     with pytest.raises(w.ParseError, match=r"^bad header$") as info:
