@@ -118,10 +118,17 @@ def test_import_starts_nothing(pytester: pytest.Pytester) -> None:
 
 def test_fail_mode_fails_blocking_test_with_line_and_stack(pytester: pytest.Pytester) -> None:
     """A test that blocks the loop fails, naming loopwatch, the duration, the line and stack."""
-    source = write(pytester, "test_failing", BASIC)
+    source = write(pytester, "test_failing", BASIC + """
+
+    @pytest.mark.asyncio
+    async def test_blocks_and_fails_on_its_own():
+        time.sleep(0.15)  # blocking too
+        assert 1 == 2
+    """)
     where = f"test_failing.py:{line_of(source, '# blocking')}"
+    also = f"test_failing.py:{line_of(source, '# blocking too')}"
     result = run(pytester, *WATCH)
-    result.assert_outcomes(failed=1, passed=2)
+    result.assert_outcomes(failed=2, passed=2)
     result.stdout.fnmatch_lines([
         "loopwatch: threshold=50 ms (command line option --loopwatch-threshold), mode=fail*",
         "*_ test_blocks _*",
@@ -130,10 +137,18 @@ def test_fail_mode_fails_blocking_test_with_line_and_stack(pytester: pytest.Pyte
         "    time.sleep(0.15)  # blocking",
         "  stack (innermost last):",
         f"    {where} in test_blocks  <-",
+        # a test failing for its own reasons keeps its failure; the block is a section
+        "*_ test_blocks_and_fails_on_its_own _*",
+        "E       assert 1 == 2",
+        "*- loopwatch -*",
+        f"* ms in the test: {also} in test_blocks_and_fails_on_its_own [[]wait*",
         "*loopwatch: worst blocking sites*",
-        f"*1 ** ms ** ms  {where} in test_blocks (wait) - test_failing.py::test_blocks",
-        "loopwatch: 1 block(s) over 50 ms in 1 of 3 test(s)*1 test(s) failed (mode fail)",
+        "loopwatch: 2 block(s) over 50 ms in 2 of 4 test(s)*1 test(s) failed (mode fail)",
         "FAILED test_failing.py::test_blocks - Failed: loopwatch: blocked the event loop*",
+        "FAILED test_failing.py::test_blocks_and_fails_on_its_own - assert 1 == 2",
+    ])
+    result.stdout.fnmatch_lines([
+        f"*1 ** ms ** ms  {where} in test_blocks (wait) - test_failing.py::test_blocks",
     ])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
