@@ -132,17 +132,24 @@ def offload(
     ``target``:
 
     - ``"auto"`` (the default, also plain ``@offload``): run inline until a
-      :func:`loopwatch.watch` session sees the function block the loop, then
-      run later calls in a worker process (mostly computing, and it can be
-      pickled) or a thread (waiting, or not picklable). The decision is
-      logged once on the ``loopwatch`` logger and recorded in the report.
+      :func:`loopwatch.watch` session sees the function block the loop, then,
+      once and for good, run later calls in a worker process (mostly
+      computing, and it can be pickled) or a thread (waiting, or not
+      picklable). The decision is logged on the ``loopwatch`` logger and
+      recorded in the report's ``events``. A call whose arguments a worker
+      process cannot receive runs in a thread instead, as do later ones.
     - ``"thread"``: a shared thread pool; context variables are copied in,
       as ``asyncio.to_thread`` does.
     - ``"process"``: a shared pool of worker processes ("spawn" by default),
       each running its own event loop: ``async def`` functions run there as
-      tasks, many at once per worker. Exceptions come back with the worker's
-      traceback as ``__cause__``; a worker that dies fails its calls with
-      :class:`~loopwatch.offload.WorkerCrashedError` and is replaced.
+      tasks, many at once per worker; plain ones run in the worker's main
+      thread. The function must be importable by name (module level, not a
+      lambda or nested function) and arguments and result picklable, else
+      :class:`~loopwatch.offload.UnpicklableError` names the culprit before
+      anything runs. Context variables do not travel. Exceptions come back
+      with the worker's traceback as ``__cause__``; a worker that dies fails
+      its calls with :class:`~loopwatch.offload.WorkerCrashedError` and is
+      replaced. Pools shut down at exit (or :func:`~loopwatch.offload.shutdown`).
     - any :class:`concurrent.futures.Executor`, e.g. dask's
       ``client.get_executor(pure=False)`` to run on a cluster.
 
@@ -157,8 +164,8 @@ def offload(
     started yet never starts; an ``async def`` function running in a worker
     process or a thread is cancelled there. A plain function that is already
     running cannot be interrupted: it runs to the end and its result is
-    dropped (in a worker process, that worker takes no other plain call
-    meanwhile).
+    dropped (in a worker process, that worker starts no other plain call
+    meanwhile). Other executors cancel what their futures can.
 
     >>> import asyncio, time
     >>> @offload("thread")

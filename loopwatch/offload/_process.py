@@ -265,6 +265,8 @@ class ProcessPool:
                 if self._service():
                     return
             except Exception:
+                if self._closed:
+                    return
                 log_once(
                     "offload-reader",
                     "loopwatch's offload reader thread failed; some offloaded calls may "
