@@ -205,8 +205,10 @@ async def throughput(quick: bool) -> None:
 
 
 async def main(quick: bool) -> None:
-    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, per-call latency "
-          "(median of interleaved rounds):")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load:.1f} "
+          "at start (throughput ratios need idle CPUs)")
+    print("per-call latency (median of interleaved rounds):")
     await latency(quick)
     await throughput(quick)
 
