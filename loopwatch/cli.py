@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="OUT", help="write the report as JSON to OUT")
     run.add_argument("--mode", choices=("report", "log"), default=None,
                      help="log: also log each block as it happens")
-    run.add_argument("--no-deadman", action="store_true",
-                     help="do not use faulthandler to see inside GIL-holding C calls")
+    run.add_argument("--deadman", action="store_true", default=None,
+                     help="also use faulthandler to see inside C calls that hold the GIL "
+                     "(see the README before using it on an overloaded machine)")
     run.add_argument("--quiet", action="store_true", help="do not print the report")
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="script.py [args ...]")
@@ -108,10 +109,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.module is None and not args.argv:
         raise _UsageError("run needs a script (run script.py) or a module (run -m module)")
-    options: dict[str, Any] = {"threshold": args.threshold,
+    options: dict[str, Any] = {"threshold": args.threshold, "deadman": args.deadman,
                                "sample_interval": args.sample_interval, "mode": args.mode}
-    if args.no_deadman:
-        options["deadman"] = False
     try:
         session = watch(**options)
     except ConfigError as error:

@@ -54,8 +54,14 @@ class Config:
     """Called with each :class:`~loopwatch.Block` as it is found (from the watchdog thread)."""
     mode: Mode = "report"
     """``report``: collect; ``log``: also log each block; ``raise``: leaving watch() raises."""
-    deadman: bool = True
-    """Use faulthandler to capture stacks inside C calls that hold the GIL."""
+    deadman: bool = False
+    """Also use faulthandler to capture stacks inside C calls that hold the GIL.
+
+    Off by default: faulthandler reads other threads' stacks without the GIL,
+    and on a machine so overloaded that the watchdog cannot run for a while,
+    that read can race with running threads and crash the process. Without it,
+    such blocks are still found, and their line comes from the first sample
+    taken as the C call returns."""
 
     def __post_init__(self) -> None:
         _validate(self, source="argument")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import sys
 import threading
 import time
@@ -38,8 +39,11 @@ from typing import Any
 
 from loopwatch._log import log_once
 
-#: iteration start, end (time.monotonic, the loop's clock) and the loop thread's CPU time at the end
-Ended = tuple[float, float, float]
+#: the loop thread's (CPU seconds, seconds spent runnable but waiting for a CPU)
+Clock = tuple[float, float]
+#: iteration start, end (time.monotonic, the loop's clock), the loop thread's Clock at the
+#: end, and the resolution when it is not the probe's own ("tick": the end is approximate)
+Ended = tuple[float, float, "Clock | None", "str | None"]
 
 _ENDED_KEEP = 4096
 _loop_numbers = itertools.count(1)
@@ -48,11 +52,48 @@ _RUN_ONCE = _BASE_LOOP.__dict__["_run_once"]
 _RUN_ONCE_CODE = _RUN_ONCE.__code__
 
 
-def _cpu_clock(thread_id: int) -> int | None:
-    try:
-        return time.pthread_getcpuclockid(thread_id)
-    except (AttributeError, OSError):  # not on this platform, or the thread is gone
+class ThreadClock:
+    """CPU time of one thread, readable from any thread.
+
+    On Linux it also reads how long the thread sat runnable waiting for a CPU
+    (``/proc/.../schedstat``): on a busy machine, that time is neither computing
+    nor waiting on I/O, and leaving it out keeps ``cpu_ratio`` honest.
+    """
+
+    def __init__(self, thread_id: int, native_id: int | None) -> None:
+        self._fd: int | None = None
+        self._clock: int | None = None
+        if native_id is not None:
+            try:
+                self._fd = os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY)
+                self.read()
+            except OSError:
+                self.close()
+        if self._fd is None:
+            try:
+                self._clock = time.pthread_getcpuclockid(thread_id)
+            except (AttributeError, OSError):  # not on this platform, or the thread is gone
+                self._clock = None
+
+    def read(self) -> Clock | None:
+        if self._fd is not None:
+            try:
+                running, queued, _ = os.pread(self._fd, 64, 0).split()
+                return int(running) / 1e9, int(queued) / 1e9
+            except (OSError, ValueError):
+                self.close()
+                return None
+        if self._clock is not None:
+            try:
+                return time.clock_gettime(self._clock), 0.0
+            except OSError:
+                self._clock = None
         return None
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def _stock_run_once(cls: type) -> bool:
@@ -73,10 +114,14 @@ class Probe:
 
     resolution = "exact"
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, thread_id: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, thread_id: int, native_id: int | None
+    ) -> None:
         self.loop_ref = weakref.ref(loop)
         self.thread_id = thread_id
         self.label = f"{type(loop).__name__}#{next(_loop_numbers)} ({_thread_name(thread_id)})"
+        #: True while the loop has left an iteration whose end is about to be stamped
+        self.ending = False
         #: slow iterations that ended, for the watchdog to pick up (appended in the loop thread)
         self.ended: deque[Ended] = deque(maxlen=_ENDED_KEEP)
         #: iterations counted and busy seconds summed (exact mode only)
@@ -84,7 +129,7 @@ class Probe:
         self.busy = 0.0
         self.attached_at = time.monotonic()
         self.detached_at: float | None = None
-        self._clock = _cpu_clock(thread_id)
+        self._clock = ThreadClock(thread_id, native_id)
         # Watchdog-owned bookkeeping (only the watchdog touches it).
         self.wd: Any = None
 
@@ -92,15 +137,9 @@ class Probe:
     def loop(self) -> asyncio.AbstractEventLoop | None:
         return self.loop_ref()
 
-    def cpu_time(self) -> float | None:
-        """CPU seconds used by the loop thread so far (readable from any thread)."""
-        if self._clock is None:
-            return None
-        try:
-            return time.clock_gettime(self._clock)
-        except OSError:
-            self._clock = None
-            return None
+    def cpu_time(self) -> Clock | None:
+        """The loop thread's CPU and run-queue seconds so far (readable from any thread)."""
+        return self._clock.read()
 
     def alive(self) -> bool:
         loop = self.loop_ref()
@@ -122,15 +161,20 @@ class Probe:
     def detach(self) -> None:
         if self.detached_at is None:
             self.detached_at = time.monotonic()
+        self._clock.close()
 
 
 class SelectorProbe(Probe):
     """Times iterations of an asyncio selector loop (see the module docstring)."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, thread_id: int, exact: bool = False
+        self,
+        loop: asyncio.AbstractEventLoop,
+        thread_id: int,
+        native_id: int | None,
+        exact: bool = False,
     ) -> None:
-        super().__init__(loop, thread_id)
+        super().__init__(loop, thread_id, native_id)
         self._selector: Any = loop._selector  # type: ignore[attr-defined]
         select = type(self._selector).select
         self._idle_code = getattr(select, "__code__", None)
@@ -144,6 +188,10 @@ class SelectorProbe(Probe):
         self._frame: FrameType | None = None
         self._frame_start = 0.0
         self._end_armed_for: FrameType | None = None
+        self._end_last_armed: FrameType | None = None
+        self._end_armed_start = 0.0
+        # The hook (loop thread) and the watchdog both may stamp an end: one must win.
+        self._end_lock = threading.Lock()
         if self.exact:
             self.iterations = 0
             self._wrapper = _make_select(self, self._selector.select)
@@ -154,6 +202,12 @@ class SelectorProbe(Probe):
     def busy_since(self, frame: FrameType | None, now: float, heartbeat: float) -> float:
         if self.exact:
             return self.iter_start
+        armed = self._end_armed_for
+        self.ending = armed is not None and armed is not self._find(frame)
+        if self.ending:
+            # The loop has left the iteration but has not reached the hook that
+            # stamps its end yet: it is still the iteration in progress for us.
+            return self._end_armed_start
         if frame is None or frame.f_code is self._idle_code:
             self._frame = None
             return 0.0
@@ -174,39 +228,64 @@ class SelectorProbe(Probe):
         return self._frame_start
 
     def watch_end(self, start: float) -> None:
-        if self.exact or self._frame is None or self._end_armed_for is self._frame:
-            return
-        armed_for = self._end_armed_for = self._frame
+        if self.exact or self._frame is None or self._end_last_armed is self._frame:
+            return  # never twice for one iteration: the second would stamp a later end
+        armed_for = self._end_armed_for = self._end_last_armed = self._frame
+        self._end_armed_start = start
         selector = self._selector
         select = selector.select
         probe = self
 
         def select_once(timeout: float | None = None) -> Any:
+            # The first select after arming ends the iteration we were armed for.
             if selector.__dict__.get("select") is select_once:
                 del selector.select
-            # Only the iteration we were armed for: if it ended before the hook
-            # was in place, this is a later one and its end says nothing.
-            if sys._getframe(1) is armed_for:
-                probe.ended.append((start, time.monotonic(), time.thread_time()))
-            if probe._end_armed_for is armed_for:
-                probe._end_armed_for = None
+            with probe._end_lock:
+                if probe._end_armed_for is armed_for:
+                    # Record first, disarm second: the watchdog may look in between
+                    # (reading the clock releases the GIL) and must still see it armed.
+                    probe.ended.append((start, time.monotonic(), probe.cpu_time(), None))
+                    probe._end_armed_for = None
             return select(timeout)
 
         selector.select = select_once
+        # If the loop reached select before the hook was in place, the hook
+        # would stamp a later iteration's end: check that it is still inside.
+        if not self._inside(armed_for):
+            if selector.__dict__.get("select") is select_once:
+                del selector.select
+            with self._end_lock:
+                if self._end_armed_for is armed_for:
+                    # It ended a moment ago, between our look and the hook.
+                    self.ended.append((start, time.monotonic(), self.cpu_time(), "tick"))
+                    self._end_armed_for = None
+
+    @staticmethod
+    def _find(frame: FrameType | None) -> FrameType | None:
+        while frame is not None and frame.f_code is not _RUN_ONCE_CODE:
+            frame = frame.f_back
+        return frame
+
+    def _inside(self, run_once: FrameType) -> bool:
+        frame = sys._current_frames().get(self.thread_id)
+        if frame is None or frame.f_code is self._idle_code:
+            return False
+        while frame is not None and frame is not run_once:
+            frame = frame.f_back
+        return frame is not None
 
     def run_ended(self) -> None:
         now = time.monotonic()
         if self.exact and self.iter_start:
-            self.ended.append((self.iter_start, now, time.thread_time()))
+            self.ended.append((self.iter_start, now, self.cpu_time(), None))
             self.iter_start = 0.0
-        armed_for = self._end_armed_for
-        if armed_for is not None:
-            self._end_armed_for = None
-            hook = self._selector.__dict__.get("select")
-            if getattr(hook, "__name__", "") == "select_once":
-                del self._selector.select
-            if armed_for is self._frame:
-                self.ended.append((self._frame_start, now, time.thread_time()))
+        with self._end_lock:
+            if self._end_armed_for is not None:
+                hook = self._selector.__dict__.get("select")
+                if getattr(hook, "__name__", "") == "select_once":
+                    del self._selector.select
+                self.ended.append((self._end_armed_start, now, self.cpu_time(), None))
+                self._end_armed_for = None
         self._frame = None
 
     def detach(self) -> None:
@@ -218,7 +297,7 @@ class SelectorProbe(Probe):
             del self._selector.select
         self.iter_start = 0.0
         self._frame = None
-        self._end_armed_for = None
+        self._end_armed_for = self._end_last_armed = None
 
 
 def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[..., Any]:
@@ -229,7 +308,7 @@ def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[.
         _probe: SelectorProbe = probe,
         _select: Callable[..., Any] = select,
         _clock: Callable[[], float] = time.monotonic,
-        _cpu: Callable[[], float] = time.thread_time,
+        _cpu: Callable[[], Clock | None] = probe.cpu_time,
     ) -> Any:
         start = _probe.iter_start
         if start:
@@ -238,7 +317,7 @@ def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[.
             _probe.busy += busy
             _probe.iterations += 1  # type: ignore[operator]
             if busy > _probe.slow_threshold:
-                _probe.ended.append((start, now, _cpu()))
+                _probe.ended.append((start, now, _cpu(), None))
             _probe.iter_start = 0.0
         events = _select(timeout)
         _probe.iter_start = _clock()
@@ -252,8 +331,10 @@ class HeartbeatProbe(Probe):
 
     resolution = "heartbeat"
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, thread_id: int) -> None:
-        super().__init__(loop, thread_id)
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, thread_id: int, native_id: int | None
+    ) -> None:
+        super().__init__(loop, thread_id, native_id)
         self.iterations = 0
         self.slow_threshold = 0.05
         self._ping_sent = 0.0
@@ -282,7 +363,7 @@ class HeartbeatProbe(Probe):
         self.iterations += 1  # type: ignore[operator]
         self.busy += lag
         if lag > self.slow_threshold:
-            self.ended.append((sent, now, time.thread_time()))
+            self.ended.append((sent, now, self.cpu_time(), None))
         self._last_pong = now
         self._ping_sent = 0.0
 
@@ -290,16 +371,18 @@ class HeartbeatProbe(Probe):
         if self._ping_sent:
             now = time.monotonic()
             if now - self._ping_sent > self.slow_threshold:
-                self.ended.append((self._ping_sent, now, time.thread_time()))
+                self.ended.append((self._ping_sent, now, self.cpu_time(), None))
             self._ping_sent = 0.0
         self._generation += 1
 
 
 def make_probe(loop: asyncio.AbstractEventLoop, thread_id: int) -> Probe:
+    thread = threading._active.get(thread_id)  # type: ignore[attr-defined]
+    native_id = getattr(thread, "native_id", None)
     selector = getattr(loop, "_selector", None)
     if isinstance(loop, _BASE_LOOP) and callable(getattr(selector, "select", None)):
-        return SelectorProbe(loop, thread_id)
-    return HeartbeatProbe(loop, thread_id)
+        return SelectorProbe(loop, thread_id, native_id)
+    return HeartbeatProbe(loop, thread_id, native_id)
 
 
 class Discovery:

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from loopwatch._log import log_once
 from loopwatch.config import Config
 from loopwatch.model import Block, Frame, LoopStats, Stack, advise, classify
-from loopwatch.probe import Discovery, Probe, make_probe, running_loops
+from loopwatch.probe import Clock, Discovery, Probe, make_probe, running_loops
 from loopwatch.stacks import RawStack, UserCode, capture, parse_faulthandler, to_frames
 
 WALL_OFFSET = time.time() - time.monotonic()
@@ -59,7 +59,7 @@ class Subscriber(Protocol):
 @dataclass
 class _Reading:
     at: float
-    cpu: float | None
+    cpu: Clock | None
 
 
 @dataclass
@@ -74,6 +74,7 @@ class _Tracking:
     coroutine: str | None = None
     dumps: list[tuple[float, tuple[Frame, ...], int]] = field(default_factory=list)
     blocks: int = 0
+    done: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,11 @@ class Watchdog:
             # A first CPU reading, so that a block in the very first iteration has one.
             probe.wd = _Tracking(last=_Reading(time.monotonic(), probe.cpu_time()))
             self._probes.append(probe)
+            if self._settings.deadman:
+                # Armed now, not at the next tick: the loop's first callback may
+                # already be a C call that keeps the watchdog out.
+                self._deadman.start()
+                self._deadman.service(time.monotonic(), self._settings.deadman_timeout)
 
     def _on_run_end(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
@@ -404,8 +410,11 @@ class Watchdog:
         # Look at the loop before draining ended iterations: the loop thread
         # records an iteration's end before it starts the next one.
         start = probe.busy_since(None if flush else frame, now, settings.heartbeat)
+        if start == wd.done:
+            start = 0.0  # a stale look at an iteration already finished
         while probe.ended:
-            self._finish(probe, *probe.ended.popleft(), settings)
+            began, ended, clock, resolution = probe.ended.popleft()
+            self._finish(probe, began, ended, clock, settings, resolution)
         cpu = probe.cpu_time()
         if start != wd.seen_start:
             if wd.seen_start and wd.samples:
@@ -419,6 +428,8 @@ class Watchdog:
         wd.last = _Reading(now, cpu)
         if not start or flush or now - start <= settings.speculate or frame is None:
             return False
+        if probe.ending:
+            return True  # its end is being stamped: what the loop runs now belongs elsewhere
         probe.watch_end(start)
         wd.samples[capture(frame)] += 1
         if wd.task is None:
@@ -447,7 +458,7 @@ class Watchdog:
         probe: Probe,
         start: float,
         end: float,
-        cpu_end: float | None,
+        cpu_end: Clock | None,
         settings: _Settings,
         resolution: str | None = None,
     ) -> None:
@@ -458,17 +469,21 @@ class Watchdog:
         reference = wd.before if seen else wd.last
         dumps = [(frames, weight) for at, frames, weight in wd.dumps if start <= at <= end]
         wd.dumps = [d for d in wd.dumps if d[0] > end]
+        wd.done = start
+        if seen:
+            # finished: not to be finished again (by a tick) when the loop moves on
+            wd.samples = Counter()
+            wd.seen_start = -1.0
         if duration <= settings.threshold:
             return
         wd.blocks += 1
         cpu_ratio = None
-        if (
-            reference is not None
-            and reference.cpu is not None
-            and cpu_end is not None
-            and end > reference.at
-        ):
-            cpu_ratio = min(1.0, max(0.0, (cpu_end - reference.cpu) / (end - reference.at)))
+        if reference is not None and reference.cpu is not None and cpu_end is not None:
+            computing = cpu_end[0] - reference.cpu[0]
+            # time spent runnable but waiting for a CPU is neither computing nor waiting
+            could_run = (end - reference.at) - (cpu_end[1] - reference.cpu[1])
+            if could_run > 0:
+                cpu_ratio = min(1.0, max(0.0, computing / could_run))
         weighted: Counter[tuple[Frame, ...]] = Counter()
         for raw, count in samples.items():
             weighted[to_frames(raw)] += count
@@ -500,9 +515,6 @@ class Watchdog:
             resolution=resolution or probe.resolution,
             advice=advise(kind),
         )
-        if seen:
-            wd.samples = Counter()
-            wd.seen_start = -1.0  # finished: do not finish it again when the loop moves on
         self._dispatch(block, end)
 
     def _choose_site(

@@ -1,0 +1,54 @@
+"""Shared fixtures: every test must leave no loopwatch state behind."""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from loopwatch.watchdog import WATCHDOG
+
+_RUN_FOREVER = asyncio.base_events.BaseEventLoop.__dict__["run_forever"]
+_ARM = faulthandler.dump_traceback_later
+
+
+def _warm_up_uvloop() -> None:
+    # uvloop's first loop opens process-wide descriptors that live on: open
+    # them before any test counts descriptors.
+    try:
+        import uvloop
+    except ImportError:
+        return
+
+    async def nothing() -> None:
+        pass
+
+    uvloop.run(nothing())
+
+
+_warm_up_uvloop()
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux: skip the fd check
+        return -1
+
+
+@pytest.fixture(autouse=True)
+def no_loopwatch_leaks() -> Iterator[None]:
+    """After each test: no session, no watchdog thread, no patch, no extra file descriptor."""
+    fds = _open_fds()
+    yield
+    assert not WATCHDOG.active(), "a loopwatch session was left running"
+    watchdogs = [t for t in threading.enumerate() if t.name == "loopwatch-watchdog"]
+    assert not watchdogs, "the watchdog thread outlived its sessions"
+    assert asyncio.base_events.BaseEventLoop.__dict__["run_forever"] is _RUN_FOREVER
+    assert faulthandler.dump_traceback_later is _ARM
+    if fds >= 0:
+        assert _open_fds() <= fds, "loopwatch leaked a file descriptor"
