@@ -9,6 +9,7 @@ function. :class:`FunctionRef` is the same reference with our wrappers (and
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import pickle
 import sys
@@ -197,8 +198,7 @@ def describe_pickle_error(value: Any, error: BaseException) -> str:
             return f"{kind} (a lambda?)"
         if "<locals>" in value.__qualname__:
             return f"{kind} (a function defined inside another function?)"
-    message = str(error) or type(error).__name__
-    return message
+    return str(error) or type(error).__name__
 
 
 def _pickles(value: Any) -> BaseException | None:
@@ -258,6 +258,4 @@ def result_error(func_name: str, value: Any, error: BaseException) -> Unpicklabl
 
 def call_coroutine_function(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """Run an ``async def`` function to completion in a fresh event loop (for executors)."""
-    import asyncio
-
     return asyncio.run(func(*args, **kwargs))
