@@ -9,9 +9,8 @@
 1
 """
 
-from __future__ import annotations
-
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _NotInstalled
+from importlib.metadata import version as _version
 
 from loopwatch.config import Config, ConfigError
 from loopwatch.errors import LoopBlockedError
@@ -19,8 +18,8 @@ from loopwatch.model import Block, Frame, LoopStats, Report, Site
 from loopwatch.session import Session, run, watch
 
 try:
-    __version__ = version("loopwatch")
-except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = _version("loopwatch")
+except _NotInstalled:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 __all__ = [

@@ -1,0 +1,136 @@
+"""The command line, run as a user would: in a subprocess, on real scripts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+BLOCKING_SCRIPT = """
+import asyncio, sys, time
+
+async def main():
+    await asyncio.sleep(0)
+    time.sleep(0.15)  # the blocking line
+    await asyncio.sleep(0)
+    print("args", sys.argv[1:])
+    {ending}
+
+asyncio.run(main())
+"""
+
+
+def loopwatch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loopwatch", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+
+
+def script(tmp_path: Path, ending: str = "pass", name: str = "app.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(BLOCKING_SCRIPT.format(ending=ending)))
+    return path
+
+
+def test_run_reports_the_block_and_passes_arguments(tmp_path: Path) -> None:
+    """run executes the script as __main__ with its arguments and reports the block."""
+    script(tmp_path)
+    result = loopwatch("run", "--threshold", "0.05", "--json", "out.json", "app.py", "-x", "y",
+                       cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "args ['-x', 'y']" in result.stdout
+    assert "loopwatch: 1 block(s) over 50.0 ms" in result.stderr
+    assert "app.py:6  in main" in result.stderr
+    report = json.loads((tmp_path / "out.json").read_text())
+    (block,) = report["blocks"]
+    assert block["site"].endswith("app.py:6")
+    assert block["kind"] == "wait"
+
+
+@pytest.mark.parametrize(
+    ("ending", "status", "stderr"),
+    [
+        ("sys.exit(3)", 3, None),
+        ("raise ValueError('boom')", 1, "ValueError: boom"),
+    ],
+)
+def test_report_is_written_when_the_script_exits_or_raises(
+    tmp_path: Path, ending: str, status: int, stderr: str | None
+) -> None:
+    """The JSON is written and the script's exit status returned, however it ends."""
+    script(tmp_path, ending)
+    result = loopwatch("run", "--threshold", "0.05", "--json", "out.json", "app.py", cwd=tmp_path)
+    assert result.returncode == status
+    if stderr:
+        assert stderr in result.stderr
+    assert len(json.loads((tmp_path / "out.json").read_text())["blocks"]) == 1
+
+
+def test_run_module(tmp_path: Path) -> None:
+    """run -m runs a module like python -m."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    script(package, name="tool.py")
+    result = loopwatch("run", "--threshold", "0.05", "-m", "pkg.tool", "a", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "args ['a']" in result.stdout
+    assert "tool.py:6" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.py"], "script not found: missing.py"),
+        (["run", "-m", "no_such_module_here"], "no module named 'no_such_module_here'"),
+        (["run", "--threshold", "abc", "app.py"], "expected a number of seconds, got 'abc'"),
+        (["run", "--threshold", "-1", "app.py"], "invalid loopwatch threshold -1.0"),
+        (["run", "--bogus", "app.py"], "unrecognized arguments: --bogus"),
+        (["run"], "run needs a script"),
+        (["report", "nothing.json"], "no such report file: nothing.json"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """Bad input gets a clear message and exit status 2, never a traceback."""
+    script(tmp_path)
+    result = loopwatch(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_report_renders_a_saved_report(tmp_path: Path) -> None:
+    """report re-renders a JSON report saved by run."""
+    script(tmp_path)
+    loopwatch("run", "--threshold", "0.05", "--quiet", "--json", "out.json", "app.py",
+              cwd=tmp_path)
+    result = loopwatch("report", "out.json", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "1 block(s) over 50.0 ms" in result.stdout
+    assert "app.py:6" in result.stdout
+
+
+def test_report_refuses_a_file_that_is_not_a_report(tmp_path: Path) -> None:
+    """A JSON file that is not a loopwatch report is refused with a clear message."""
+    (tmp_path / "other.json").write_text('{"hello": 1}')
+    result = loopwatch("report", "other.json", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "is not a loopwatch JSON report" in result.stderr
+
+
+def test_demo_finds_five_kinds_of_block(tmp_path: Path) -> None:
+    """The demo blocks five ways and loopwatch names each line."""
+    result = loopwatch("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "loopwatch: 5 block(s)" in result.stderr
+    for function in ("rate_limit", "hash_password", "parse_payload", "call_api",
+                     "save_audit_log"):
+        assert f"in {function}" in result.stderr
