@@ -591,7 +591,8 @@ class LoopwatchPlugin:
         if state.extra is not None:
             extra, state.extra = state.extra, None
             extra.stop()  # its last blocks reach _pending
-        self._drain()
+            self._drain()
+        # Otherwise the teardown's judgement has just drained everything.
         self._current = None
         self._tests_run += 1
         if state.seen:
