@@ -162,9 +162,10 @@ class LoopStats:
     """What one watched loop did during the session."""
 
     loop: str
-    iterations: int
+    iterations: int | None
+    """Iterations counted (None where only slow iterations are timed, the default)."""
     busy: float
-    """Seconds the loop spent running callbacks (not waiting in select)."""
+    """Seconds the loop spent running callbacks (not waiting in select), where counted."""
     watched: float
     """Seconds the loop was watched."""
     blocks: int

@@ -124,6 +124,8 @@ class Probe:
         self.ending = False
         #: slow iterations that ended, for the watchdog to pick up (appended in the loop thread)
         self.ended: deque[Ended] = deque(maxlen=_ENDED_KEEP)
+        #: iterations longer than this are recorded in ``ended`` (exact and heartbeat modes)
+        self.slow_threshold = 0.05
         #: iterations counted and busy seconds summed (exact mode only)
         self.iterations: int | None = None
         self.busy = 0.0
@@ -183,7 +185,6 @@ class SelectorProbe(Probe):
         self.exact = exact or not _stock_run_once(type(loop))
         #: exact mode: loop clock when the current iteration began; 0.0 while idle
         self.iter_start = 0.0
-        self.slow_threshold = 0.05
         self._wrapper: Callable[..., Any] | None = None
         self._frame: FrameType | None = None
         self._frame_start = 0.0
@@ -336,7 +337,6 @@ class HeartbeatProbe(Probe):
     ) -> None:
         super().__init__(loop, thread_id, native_id)
         self.iterations = 0
-        self.slow_threshold = 0.05
         self._ping_sent = 0.0
         self._generation = 0
         self._last_pong = time.monotonic()
@@ -463,7 +463,7 @@ _RUN_FOREVER_CODE = _BASE_LOOP.__dict__["run_forever"].__code__
 
 def running_loops(frames: dict[int, FrameType]) -> list[tuple[int, asyncio.AbstractEventLoop]]:
     """(thread id, loop) for every asyncio loop whose run_forever is on a thread's stack."""
-    found = []
+    found: list[tuple[int, asyncio.AbstractEventLoop]] = []
     for thread_id, frame in frames.items():
         current: FrameType | None = frame
         while current is not None:

@@ -150,7 +150,7 @@ class Deadman:
         self._offset = 0
         self._original_arm = faulthandler.dump_traceback_later
         self._original_cancel = faulthandler.cancel_dump_traceback_later
-        faulthandler.dump_traceback_later = self._foreign_arm  # type: ignore[assignment]
+        faulthandler.dump_traceback_later = self._foreign_arm
         faulthandler.cancel_dump_traceback_later = self._foreign_cancel
         self.enabled = True
 

@@ -202,9 +202,11 @@ def test_log_mode_logs_one_warning_per_block(caplog: Any) -> None:
 
 def test_raise_mode_raises_when_the_watch_ends() -> None:
     """mode='raise' raises LoopBlockedError at the end of the with block, naming the line."""
-    with pytest.raises(LoopBlockedError, match=r"blocked 1 time.*test_session\.py:\d+") as info:
-        with loopwatch.watch(threshold=THRESHOLD, mode="raise"):
-            asyncio.run(_block_once())
+    expected = r"blocked 1 time.*test_session\.py:\d+"
+    with pytest.raises(LoopBlockedError, match=expected) as info, loopwatch.watch(
+        threshold=THRESHOLD, mode="raise"
+    ):
+        asyncio.run(_block_once())
     assert len(info.value.report.blocks) == 1
 
 
@@ -252,9 +254,8 @@ def test_sessions_can_nest_with_their_own_thresholds() -> None:
     async def main() -> None:
         await _block_once(0.08)
 
-    with loopwatch.watch(threshold=0.1) as outer:
-        with loopwatch.watch(threshold=THRESHOLD) as inner:
-            asyncio.run(main())
+    with loopwatch.watch(threshold=0.1) as outer, loopwatch.watch(threshold=THRESHOLD) as inner:
+        asyncio.run(main())
     assert len(inner.report().blocks) == 1
     assert not outer.report().blocks
 
