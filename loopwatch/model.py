@@ -62,6 +62,29 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class FunctionStat:
+    """Time spent in one function, from profile mode (yappi): names C functions too."""
+
+    name: str
+    file: str
+    """Source file, or the module for a C function."""
+    line: int
+    own: float
+    """Seconds in the function itself."""
+    total: float
+    """Seconds in the function and what it called."""
+    calls: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FunctionStat:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
 class Stack:
     """A distinct stack seen while sampling a block, and how many samples saw it."""
 
@@ -105,6 +128,23 @@ class Block:
     resolution: str = "exact"
     """``exact`` (measured in the loop thread) or ``heartbeat`` (uvloop: +- one heartbeat)."""
     advice: str = ""
+    gil_held: float | None = None
+    """Share of the block the watchdog could not run because the GIL was held
+    (~1 for json.loads, re, pure Python; ~0 for sleeps, I/O, hashlib, zlib)."""
+    gc_time: float = 0.0
+    """Seconds of the block spent in the garbage collector."""
+    functions: tuple[FunctionStat, ...] = ()
+    """Profile mode: the functions that ran during the block, heaviest first."""
+
+    @property
+    def gil_released(self) -> bool | None:
+        """True when the watchdog could run during most of the block."""
+        return None if self.gil_held is None else self.gil_held < 0.5
+
+    @property
+    def mostly_gc(self) -> bool:
+        """True when the garbage collector took most of the block."""
+        return self.gc_time > 0.5 * self.duration
 
     @property
     def user_frame(self) -> Frame | None:
@@ -120,6 +160,7 @@ class Block:
         data["stacks"] = [
             {"frames": [asdict(f) for f in s.frames], "count": s.count} for s in self.stacks
         ]
+        data["functions"] = [f.to_dict() for f in self.functions]
         return data
 
     @classmethod
@@ -130,6 +171,7 @@ class Block:
             Stack(tuple(Frame(**f) for f in s["frames"]), s["count"])
             for s in data.get("stacks", ())
         )
+        data["functions"] = tuple(FunctionStat.from_dict(f) for f in data.get("functions", ()))
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -147,6 +189,11 @@ class Site:
     cpu_ratio: float | None
     kind: Kind
     advice: str
+    gil_held: float | None = None
+    """Duration-weighted share of the time the GIL was held (see Block.gil_held)."""
+    gc_time: float = 0.0
+    blocks: int = 0
+    """How many of ``count`` crossed the block threshold (the rest are thousand cuts)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,14 +217,35 @@ class LoopStats:
     """Seconds the loop was watched."""
     blocks: int
     resolution: str = "exact"
+    busy_fraction_sampled: float | None = None
+    """Share of the watchdog's looks that found the loop busy (whole run)."""
+    worst_window: float | None = None
+    """Busy share of the worst 1-second window."""
+    lag_p50: float | None = None
+    """Event-loop lag percentiles, seconds: how late a callback scheduled from
+    another thread ran (the watchdog's heartbeat)."""
+    lag_p95: float | None = None
+    lag_p99: float | None = None
+    lag_max: float | None = None
+
+    #: Busier than this in any window, and latency climbs fast.
+    SATURATED = 0.3
 
     @property
     def busy_fraction(self) -> float:
+        if self.busy_fraction_sampled is not None:
+            return self.busy_fraction_sampled
         return self.busy / self.watched if self.watched > 0 else 0.0
+
+    @property
+    def saturated(self) -> bool:
+        worst = self.worst_window if self.worst_window is not None else self.busy_fraction
+        return worst > self.SATURATED
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["busy_fraction"] = round(self.busy_fraction, 4)
+        data["saturated"] = self.saturated
         return data
 
     @classmethod
@@ -198,6 +266,8 @@ class Report:
     """Blocks found but not kept because of ``max_blocks`` (they still count in sites)."""
     events: tuple[str, ...] = ()
     """Notable things loopwatch did or could not do (degraded detection, offload decisions)."""
+    functions: tuple[FunctionStat, ...] = ()
+    """Profile mode: functions summed over all blocks, heaviest first."""
     schema: int = field(default=SCHEMA)
 
     @property
@@ -217,6 +287,7 @@ class Report:
             "loops": [loop.to_dict() for loop in self.loops],
             "dropped_blocks": self.dropped_blocks,
             "events": list(self.events),
+            "functions": [f.to_dict() for f in self.functions],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -234,6 +305,7 @@ class Report:
             loops=tuple(LoopStats.from_dict(s) for s in data.get("loops", ())),
             dropped_blocks=int(data.get("dropped_blocks", 0)),
             events=tuple(data.get("events", ())),
+            functions=tuple(FunctionStat.from_dict(f) for f in data.get("functions", ())),
         )
 
     @classmethod
