@@ -526,8 +526,9 @@ class LoopwatchPlugin:
         One thread runs one loop iteration at a time, and an iteration's start
         time is read from the loop, so two blocks with the same start are the
         same iteration. The core can report an iteration again under another
-        loop of the same thread (a stopped module- or session-scoped loop,
-        while a function-scoped one runs); keep the report that names a task.
+        loop of the same thread: a stopped module- or session-scoped loop
+        adopts the running loop's iteration and reports it, stretched, when it
+        next runs. Keep the report that names a task.
         """
         taken: list[Block] = []
         while pending:
@@ -955,11 +956,6 @@ def _core_config(
     options: dict[str, Any] = {}
     if "LOOPWATCH_SAMPLE_INTERVAL" not in env:
         options["sample_interval"] = min(0.002, threshold / 4)
-    if "LOOPWATCH_DEADMAN" not in env:
-        # pytest cancels faulthandler's timer for every failing test
-        # (pytest_exception_interact), which makes the deadman switch step aside
-        # after the first failure anyway; off unless asked for (LOOPWATCH_DEADMAN=1).
-        options["deadman"] = False
     try:
         return Config.resolve(
             env=env,
