@@ -37,10 +37,20 @@ def classify(cpu_ratio: float | None) -> Kind:
     return "mixed"
 
 
-def advise(kind: Kind) -> str:
-    """The one-line fix suggested for a block or site of this kind."""
+def advise(kind: Kind, gil_held: float | None = None, mostly_gc: bool = False) -> str:
+    """The one-line fix suggested for a block or site of this kind.
+
+    >>> advise("cpu", gil_held=0.9)
+    'CPU-bound, holding the GIL: move it to a worker process with @loopwatch.offload("process")'
+    """
+    if mostly_gc:
+        return "mostly a garbage-collection pause: allocate less, or tune gc thresholds"
     if kind == "cpu":
-        return 'CPU-bound: move it to a worker process with @loopwatch.offload("process")'
+        if gil_held is not None and gil_held < 0.5:
+            return ('CPU-bound in C code that releases the GIL: @loopwatch.offload("thread") '
+                    "runs it in parallel")
+        held = ", holding the GIL" if gil_held is not None else ""
+        return f'CPU-bound{held}: move it to a worker process with @loopwatch.offload("process")'
     if kind == "wait":
         return 'waiting: use an async API, or @loopwatch.offload("thread")'
     if kind == "mixed":
@@ -129,7 +139,7 @@ class Block:
     """``exact`` (measured in the loop thread) or ``heartbeat`` (uvloop: +- one heartbeat)."""
     advice: str = ""
     gil_held: float | None = None
-    """Share of the block the watchdog could not run because the GIL was held
+    """Share of the watchdog's looks during the block that had to wait for the GIL
     (~1 for json.loads, re, pure Python; ~0 for sleeps, I/O, hashlib, zlib)."""
     gc_time: float = 0.0
     """Seconds of the block spent in the garbage collector."""
@@ -346,19 +356,35 @@ class SiteAccumulator:
         self.site = site
         self.function = function
         self.count = 0
+        self.blocks = 0
         self.total = 0.0
         self.max = 0.0
         self.cpu_time = 0.0
         self.cpu_wall = 0.0
+        self.gil_time = 0.0
+        self.gil_wall = 0.0
+        self.gc_time = 0.0
         self.durations: list[float] = []
 
-    def add(self, duration: float, cpu_ratio: float | None) -> None:
+    def add(
+        self,
+        duration: float,
+        cpu_ratio: float | None,
+        gil_held: float | None = None,
+        gc_time: float = 0.0,
+        block: bool = True,
+    ) -> None:
         self.count += 1
+        self.blocks += block
         self.total += duration
         self.max = max(self.max, duration)
+        self.gc_time += gc_time
         if cpu_ratio is not None:
             self.cpu_time += cpu_ratio * duration
             self.cpu_wall += duration
+        if gil_held is not None:
+            self.gil_time += gil_held * duration
+            self.gil_wall += duration
         if len(self.durations) >= self.KEEP:
             # keep every other one: an unbiased thinning that bounds memory
             del self.durations[::2]
@@ -366,6 +392,7 @@ class SiteAccumulator:
 
     def freeze(self) -> Site:
         ratio = self.cpu_time / self.cpu_wall if self.cpu_wall > 0 else None
+        gil = self.gil_time / self.gil_wall if self.gil_wall > 0 else None
         kind = classify(ratio)
         return Site(
             site=self.site,
@@ -376,7 +403,10 @@ class SiteAccumulator:
             p95=percentile(self.durations, 95),
             cpu_ratio=ratio,
             kind=kind,
-            advice=advise(kind),
+            advice=advise(kind, gil, self.gc_time > 0.5 * self.total),
+            gil_held=gil,
+            gc_time=self.gc_time,
+            blocks=self.blocks,
         )
 
 
@@ -388,5 +418,5 @@ def aggregate_sites(blocks: Iterable[Block]) -> tuple[Site, ...]:
         acc = accumulators.get(key)
         if acc is None:
             acc = accumulators[key] = SiteAccumulator(key, block.function)
-        acc.add(block.duration, block.cpu_ratio)
+        acc.add(block.duration, block.cpu_ratio, block.gil_held, block.gc_time)
     return tuple(sorted((a.freeze() for a in accumulators.values()), key=lambda s: -s.total))

@@ -46,6 +46,7 @@ Clock = tuple[float, float]
 Ended = tuple[float, float, "Clock | None", "str | None"]
 
 _ENDED_KEEP = 4096
+_LAGS_KEEP = 4096
 _loop_numbers = itertools.count(1)
 _BASE_LOOP = asyncio.base_events.BaseEventLoop
 _RUN_ONCE = _BASE_LOOP.__dict__["_run_once"]
@@ -132,6 +133,10 @@ class Probe:
         self.attached_at = time.monotonic()
         self.detached_at: float | None = None
         self._clock = ThreadClock(thread_id, native_id)
+        #: event-loop lag: how late each of the watchdog's pings ran (seconds)
+        self.lags: deque[float] = deque(maxlen=_LAGS_KEEP)
+        self._ping_sent = 0.0
+        self._generation = 0
         # Watchdog-owned bookkeeping (only the watchdog touches it).
         self.wd: Any = None
 
@@ -157,8 +162,34 @@ class Probe:
     def watch_end(self, start: float) -> None:
         """Make sure the end of the iteration that began at ``start`` is stamped exactly."""
 
+    def ping(self, now: float) -> None:
+        """Schedule a pong on the loop from the watchdog thread, unless one is pending."""
+        if self._ping_sent:
+            return
+        loop = self.loop_ref()
+        if loop is None or not loop.is_running():
+            return
+        self._ping_sent = now
+        try:
+            loop.call_soon_threadsafe(self._pong, now, self._generation)
+        except RuntimeError:  # closed between the check and the call
+            self._ping_sent = 0.0
+
+    def _pong(self, sent: float, generation: int) -> None:
+        if generation != self._generation:
+            return  # sent before the loop stopped: its lag includes the pause
+        now = time.monotonic()
+        self.lags.append(now - sent)
+        self._answered(sent, now)
+        self._ping_sent = 0.0
+
+    def _answered(self, sent: float, now: float) -> None:
+        """A ping sent at ``sent`` ran at ``now`` (in the loop thread)."""
+
     def run_ended(self) -> None:
         """The loop's run_forever returned: the iteration in progress (if any) is over."""
+        self._ping_sent = 0.0
+        self._generation += 1
 
     def detach(self) -> None:
         if self.detached_at is None:
@@ -183,6 +214,7 @@ class SelectorProbe(Probe):
         self._clock_resolution: float = getattr(loop, "_clock_resolution", 0.0)
         # Sampled mode needs the stock _run_once, whose frame holds the start time.
         self.exact = exact or not _stock_run_once(type(loop))
+        self.want_exact = False
         #: exact mode: loop clock when the current iteration began; 0.0 while idle
         self.iter_start = 0.0
         self._wrapper: Callable[..., Any] | None = None
@@ -200,9 +232,28 @@ class SelectorProbe(Probe):
             # Attached from inside an iteration (discovery runs at its start).
             self.iter_start = time.monotonic()
 
+    def go_exact(self) -> None:
+        """Time every iteration from now on (wraps ``select``); see the module docstring."""
+        self.want_exact = True
+
+    def _switch_to_exact(self, current_start: float) -> None:
+        self.want_exact = False
+        self.exact = True
+        self.iterations = 0
+        # The iteration in progress keeps the start read from its frame (0.0: idle).
+        self.iter_start = current_start
+        self._wrapper = _make_select(self, self._selector.select)
+        self._selector.select = self._wrapper
+
     def busy_since(self, frame: FrameType | None, now: float, heartbeat: float) -> float:
         if self.exact:
             return self.iter_start
+        start = self._sampled_start(frame)
+        if self.want_exact and self._end_armed_for is None:
+            self._switch_to_exact(start)
+        return start
+
+    def _sampled_start(self, frame: FrameType | None) -> float:
         armed = self._end_armed_for
         self.ending = armed is not None and armed is not self._find(frame)
         if self.ending:
@@ -288,6 +339,7 @@ class SelectorProbe(Probe):
                 self.ended.append((self._end_armed_start, now, self.cpu_time(), None))
                 self._end_armed_for = None
         self._frame = None
+        super().run_ended()
 
     def detach(self) -> None:
         super().detach()
@@ -328,7 +380,11 @@ def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[.
 
 
 class HeartbeatProbe(Probe):
-    """Measures the lag of a loop that has no Python-level selector (uvloop)."""
+    """Measures the lag of a loop that has no Python-level selector (uvloop).
+
+    The watchdog pings it every heartbeat; an unanswered ping means the loop
+    has been busy at least since the ping was sent.
+    """
 
     resolution = "heartbeat"
 
@@ -337,43 +393,24 @@ class HeartbeatProbe(Probe):
     ) -> None:
         super().__init__(loop, thread_id, native_id)
         self.iterations = 0
-        self._ping_sent = 0.0
-        self._generation = 0
-        self._last_pong = time.monotonic()
 
     def busy_since(self, frame: FrameType | None, now: float, heartbeat: float) -> float:
-        if self._ping_sent:
-            # Unanswered: the loop has been busy at least since the ping.
-            return self._ping_sent if now - self._ping_sent > heartbeat else 0.0
-        if now - self._last_pong >= heartbeat * 0.5:
-            loop = self.loop_ref()
-            if loop is not None and loop.is_running():
-                self._ping_sent = now
-                try:
-                    loop.call_soon_threadsafe(self._pong, now, self._generation)
-                except RuntimeError:  # closed between the check and the call
-                    self._ping_sent = 0.0
-        return 0.0
+        sent = self._ping_sent
+        return sent if sent and now - sent > heartbeat else 0.0
 
-    def _pong(self, sent: float, generation: int) -> None:
-        if generation != self._generation:
-            return  # sent before the loop stopped: its lag includes the pause
-        now = time.monotonic()
+    def _answered(self, sent: float, now: float) -> None:
         lag = now - sent
         self.iterations += 1  # type: ignore[operator]
         self.busy += lag
         if lag > self.slow_threshold:
             self.ended.append((sent, now, self.cpu_time(), None))
-        self._last_pong = now
-        self._ping_sent = 0.0
 
     def run_ended(self) -> None:
         if self._ping_sent:
             now = time.monotonic()
             if now - self._ping_sent > self.slow_threshold:
                 self.ended.append((self._ping_sent, now, self.cpu_time(), None))
-            self._ping_sent = 0.0
-        self._generation += 1
+        super().run_ended()
 
 
 def make_probe(loop: asyncio.AbstractEventLoop, thread_id: int) -> Probe:

@@ -131,7 +131,7 @@ class Session:
             acc = self._sites.get(key)
             if acc is None:
                 acc = self._sites[key] = SiteAccumulator(key, block.function)
-            acc.add(block.duration, block.cpu_ratio)
+            acc.add(block.duration, block.cpu_ratio, block.gil_held, block.gc_time)
         if self.config.mode == "log":
             logger.warning(
                 "event loop blocked for %.0f ms (%s) at %s in %s%s",

@@ -17,22 +17,30 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import gc
 import itertools
 import os
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
-from loopwatch._log import log_once
+from loopwatch._log import log_once, logger
 from loopwatch.config import Config
-from loopwatch.model import Block, Frame, LoopStats, Stack, advise, classify
-from loopwatch.probe import Clock, Discovery, Probe, make_probe, running_loops
+from loopwatch.model import Block, Frame, LoopStats, Stack, advise, classify, percentile
+from loopwatch.probe import (
+    Clock,
+    Discovery,
+    Probe,
+    SelectorProbe,
+    make_probe,
+    running_loops,
+)
 from loopwatch.stacks import RawStack, UserCode, capture, parse_faulthandler, to_frames
 
 WALL_OFFSET = time.time() - time.monotonic()
@@ -75,6 +83,17 @@ class _Tracking:
     dumps: list[tuple[float, tuple[Frame, ...], int]] = field(default_factory=list)
     blocks: int = 0
     done: float = -1.0
+    #: the watchdog's wake-ups while it tracked this iteration, and how many were late:
+    #: late means another thread (the loop, in this iteration) held the GIL
+    wakes: int = 0
+    late_wakes: int = 0
+    #: time-weighted busy share: whole run, and per 1-second window
+    looked: float = 0.0
+    busy: float = 0.0
+    window_start: float = 0.0
+    window_looked: float = 0.0
+    window_busy: float = 0.0
+    worst_window: float | None = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +238,57 @@ class Deadman:
         self._armed_at = None
 
 
+class _GcTimer:
+    """Times garbage collections (``gc.callbacks``), so a block can say it was a GC pause."""
+
+    #: Collections shorter than this are too short to matter to a block.
+    MIN_PAUSE = 0.0005
+
+    def __init__(self) -> None:
+        self.pauses: deque[tuple[int, float, float]] = deque(maxlen=2048)
+        self._started: tuple[int, float] | None = None
+        self._installed = False
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        # A collection runs in one thread holding the GIL: one slot is enough.
+        if phase == "start":
+            self._started = (threading.get_ident(), time.monotonic())
+        elif self._started is not None:
+            thread_id, began = self._started
+            self._started = None
+            ended = time.monotonic()
+            if ended - began > self.MIN_PAUSE:
+                self.pauses.append((thread_id, began, ended))
+
+    def install(self) -> None:
+        if not self._installed:
+            gc.callbacks.append(self)
+            self._installed = True
+
+    def remove(self) -> None:
+        if self._installed:
+            self._installed = False
+            if self in gc.callbacks:
+                gc.callbacks.remove(self)
+            self.pauses.clear()
+
+    def time_in(self, thread_id: int, start: float, end: float) -> float:
+        """Seconds the collector ran in that thread between start and end."""
+        return sum(
+            max(0.0, min(end, stop) - max(start, began))
+            for tid, began, stop in list(self.pauses)
+            if tid == thread_id and stop > start and began < end
+        )
+
+
+#: A wake-up later than this waited for the GIL (the switch interval is 5 ms; a
+#: thread that releases the GIL lets the watchdog in at once).
+_LATE = 0.001
+
+#: Busy share is also kept per window of this many seconds; the worst one is reported.
+_WINDOW = 1.0
+
+
 class Watchdog:
     """Process-wide: started by the first subscriber, stopped with the last."""
 
@@ -236,6 +306,7 @@ class Watchdog:
         self._user_code = UserCode()
         self.listeners: list[Callable[[Block], None]] = []
         self._last_scan = 0.0
+        self._gc = _GcTimer()
 
     # -- subscription ---------------------------------------------------------
 
@@ -244,6 +315,7 @@ class Watchdog:
             self._subscribers.append(subscriber)
             self._apply_settings()
             self._discovery.install()
+            self._gc.install()
             if self._thread is None:
                 self._stopping = False
                 self._wake.clear()
@@ -272,6 +344,7 @@ class Watchdog:
             if self._subscribers:  # someone subscribed while we were joining
                 return
             self._discovery.remove()
+            self._gc.remove()
             for probe in self._probes:
                 probe.detach()
             self._probes = []
@@ -359,25 +432,32 @@ class Watchdog:
     # -- the thread -----------------------------------------------------------
 
     def _run(self) -> None:
+        late = 0.0
         while True:
             with self._lock:
                 if self._stopping:
                     return
                 try:
-                    interval = self._step(time.monotonic())
+                    interval = self._step(time.monotonic(), late=late)
                 except Exception:
                     log_once("watchdog", "loopwatch's watchdog failed; detection may be incomplete")
                     interval = 0.05
-            self._wake.wait(interval)
+            asleep = time.monotonic()
+            woken = self._wake.wait(interval)
             self._wake.clear()
+            # Waking late means another thread held the GIL (or the machine is
+            # overloaded): that is how a block is known to hold the GIL.
+            late = 0.0 if woken else max(0.0, time.monotonic() - asleep - interval)
 
-    def _step(self, now: float, flush: bool = False) -> float:
+    def _step(self, now: float, flush: bool = False, late: float = 0.0) -> float:
         settings = self._settings
         if settings is None:
             return 0.05
         self._discovery.patch_uvloop()
         if not flush and now - self._last_scan > _SCAN_EVERY:
             self._scan()
+        if late > settings.threshold and not flush:
+            self._stalled(late)
         frames = sys._current_frames()
         sampling = False
         heartbeat = False
@@ -386,8 +466,10 @@ class Watchdog:
                 self._retire(probe, now)
                 continue
             heartbeat = heartbeat or probe.resolution == "heartbeat"
-            if self._track(probe, frames.get(probe.thread_id), now, settings, flush):
+            if self._track(probe, frames.get(probe.thread_id), now, settings, flush, late):
                 sampling = True
+            if not flush:
+                probe.ping(now)
         del frames
         if settings.deadman and self._probes and not flush:
             self._deadman.start()
@@ -404,6 +486,7 @@ class Watchdog:
         now: float,
         settings: _Settings,
         flush: bool,
+        late: float = 0.0,
     ) -> bool:
         """Sample the probe's loop if it is blocking; finish blocks that ended."""
         wd: _Tracking = probe.wd
@@ -425,6 +508,13 @@ class Watchdog:
             wd.seen_start = start
             wd.samples = Counter()
             wd.task = wd.coroutine = None
+            wd.wakes = 1 if start else 0
+            wd.late_wakes = 1 if start and late > _LATE else 0
+        elif start:
+            wd.wakes += 1
+            wd.late_wakes += late > _LATE
+        if not flush and wd.last is not None:
+            self._account_busy(wd, now, now - wd.last.at, bool(start))
         wd.last = _Reading(now, cpu)
         if not start or flush or now - start <= settings.speculate or frame is None:
             return False
@@ -440,6 +530,42 @@ class Watchdog:
                 coro = task.get_coro()
                 wd.coroutine = getattr(coro, "__qualname__", None) or repr(coro)
         return True
+
+    def _stalled(self, late: float) -> None:
+        """The watchdog could not run for longer than the threshold.
+
+        Some thread held the GIL (a C call such as json.loads), or the machine
+        is overloaded. If a loop's iteration ended during the stall, its block
+        was never seen: from now on such loops are timed on every iteration,
+        which costs a little per iteration but misses nothing.
+        """
+        for probe in self._probes:
+            if isinstance(probe, SelectorProbe) and not probe.exact and not probe.want_exact:
+                probe.go_exact()
+                message = (
+                    f"the watchdog could not run for {late * 1000:.0f} ms (a C call holding "
+                    f"the GIL, or an overloaded machine): {probe.label} is now timed on "
+                    "every iteration so that no block goes unseen"
+                )
+                logger.info(message)
+                self._broadcast_event(message)
+
+    @staticmethod
+    def _account_busy(wd: _Tracking, now: float, elapsed: float, busy: bool) -> None:
+        """Time-weighted busy share of the loop, overall and per window."""
+        if elapsed <= 0:
+            return
+        wd.looked += elapsed
+        wd.window_looked += elapsed
+        if busy:
+            wd.busy += elapsed
+            wd.window_busy += elapsed
+        if not wd.window_start:
+            wd.window_start = now - elapsed
+        if now - wd.window_start >= _WINDOW:
+            share = wd.window_busy / wd.window_looked
+            wd.worst_window = max(wd.worst_window or 0.0, share)
+            wd.window_start, wd.window_looked, wd.window_busy = now, 0.0, 0.0
 
     def _attach_dump(
         self, fired_at: float, stacks: dict[int, tuple[Frame, ...]], settings: _Settings
@@ -491,6 +617,8 @@ class Watchdog:
             weighted[frames] += weight
         frames, site_frame = self._choose_site(weighted)
         kind = classify(cpu_ratio)
+        gil_held = wd.late_wakes / wd.wakes if seen and wd.wakes else None
+        gc_time = self._gc.time_in(probe.thread_id, start, end)
         if dumps and site_frame is not None and any(
             site_frame in frames_ for frames_, _ in dumps
         ):
@@ -513,7 +641,9 @@ class Watchdog:
             stacks=tuple(Stack(f, c) for f, c in weighted.most_common()),
             source=source,
             resolution=resolution or probe.resolution,
-            advice=advise(kind),
+            advice=advise(kind, gil_held, gc_time > 0.5 * duration),
+            gil_held=gil_held,
+            gc_time=gc_time,
         )
         self._dispatch(block, end)
 
@@ -559,6 +689,10 @@ class Watchdog:
     def _loop_stats(self, probe: Probe) -> LoopStats:
         end = probe.detached_at or time.monotonic()
         wd: _Tracking = probe.wd
+        worst = wd.worst_window
+        if wd.window_looked >= _WINDOW / 4:  # the window in progress counts once it is long enough
+            worst = max(worst or 0.0, wd.window_busy / wd.window_looked)
+        lags = sorted(probe.lags)
         return LoopStats(
             loop=probe.label,
             iterations=probe.iterations,
@@ -566,6 +700,12 @@ class Watchdog:
             watched=end - probe.attached_at,
             blocks=wd.blocks,
             resolution=probe.resolution,
+            busy_fraction_sampled=wd.busy / wd.looked if wd.looked > 0 else None,
+            worst_window=worst,
+            lag_p50=percentile(lags, 50) if lags else None,
+            lag_p95=percentile(lags, 95) if lags else None,
+            lag_p99=percentile(lags, 99) if lags else None,
+            lag_max=lags[-1] if lags else None,
         )
 
     def _broadcast_event(self, message: str) -> None:
