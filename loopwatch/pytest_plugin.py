@@ -429,6 +429,7 @@ class LoopwatchPlugin:
         self._dropped = 0
         self._tests_run = 0
         self._watched = False
+        self._flushed_at = -math.inf
         self._recent_starts: dict[float, None] = {}
         self._errors: list[str] = []
         self._events: list[str] = []
@@ -507,12 +508,30 @@ class LoopwatchPlugin:
 
     # -- windows ------------------------------------------------------------------
 
-    def _drain(self) -> None:
-        """Attribute every block that has ended so far to the window it ended in."""
+    def _drain(self, *, in_loop: bool = False) -> None:
+        """Attribute every block that has ended so far to the window it ended in.
+
+        ``in_loop``: called from code that may run inside a loop iteration (the
+        loopwatch fixture), which must always flush.
+        """
         if self._session is None:
             return
-        self._session.blocks  # noqa: B018 - reading it flushes the watchdog
         state = self._current
+        now = time.monotonic()
+        shortest = self.settings.threshold
+        if state is not None and state.rules.threshold < shortest:
+            shortest = state.rules.threshold
+        # Flushing costs tens of microseconds, twice a test. It can be skipped
+        # when the last flush (made outside any loop iteration of this thread)
+        # is more recent than the shortest block: an iteration of this thread's
+        # loops that ended since would have had to be running at that flush.
+        # A loop in another thread may then be reported a tick later.
+        if in_loop or now - self._flushed_at >= shortest:
+            self._session.blocks  # noqa: B018 - reading it flushes the watchdog
+            if not in_loop:
+                self._flushed_at = now
+        if not self._pending:
+            return
         for block in self._unique(self._pending):
             label = state.label_at(_ended(block)) if state is not None else None
             if state is None or label is None:
@@ -603,7 +622,7 @@ class LoopwatchPlugin:
         """Apply the mode to this test's blocks; the failure message if it should fail."""
         self._drain()
         state = self._current
-        if state is None or state.rules.allow:
+        if state is None or state.rules.allow or not state.seen:
             return None
         counted = state.counted(phases)
         if not counted:
@@ -705,6 +724,8 @@ class LoopwatchPlugin:
             return
         if report.when == "setup" and not report.passed:
             self._drain()  # no call phase follows to do it
+        if not state.seen:
+            return
         phases: tuple[str, ...] = (report.when,) if report.when else ()
         if report.when == "call" or (report.when == "setup" and not report.passed):
             phases = ("setup", "call")
@@ -762,7 +783,7 @@ class LoopwatchPlugin:
 
     def blocks_of(self, nodeid: str) -> list[Block]:
         """The blocks of the running test so far (setup and call)."""
-        self._drain()
+        self._drain(in_loop=True)
         state = self._current
         if state is None or state.nodeid != nodeid:
             return []
