@@ -59,8 +59,8 @@ def shutdown(timeout: float = 2.0) -> None:
     :class:`~loopwatch.offload.OffloadError`. Runs by itself at interpreter
     exit; call it yourself to release the workers earlier.
 
-    >>> import loopwatch.offload
-    >>> loopwatch.offload.shutdown()
+    >>> from loopwatch.offload import shutdown
+    >>> shutdown()
     """
     with _lock:
         processes = list(_processes.values())

@@ -13,6 +13,7 @@ import offload_workload as w
 import pytest
 
 import loopwatch
+from loopwatch.offload import offload
 from loopwatch.session import Session
 
 WAIT = 30.0  # seconds; generous: only reached when something is broken
@@ -128,7 +129,7 @@ def test_async_function_that_computes_moves_to_a_worker_loop() -> None:
 def test_function_that_cannot_be_pickled_goes_to_a_thread() -> None:
     """A CPU-bound nested function cannot reach a worker process: it gets a thread, and why."""
 
-    @loopwatch.offload.offload
+    @offload
     def local_spin(seconds: float) -> str:
         w.spin(seconds)
         return threading.current_thread().name
