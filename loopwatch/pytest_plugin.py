@@ -6,11 +6,12 @@ it only adds options and the marker; nothing is patched and no thread starts.
 
 When active, one long-lived watch session covers the whole run. Each test's
 phases (setup, call, teardown) and each fixture's setup and teardown are
-windows: at every window boundary the watchdog is flushed and the blocks that
-ended since the previous boundary are attributed to the window that is
-closing. A block therefore belongs to the phase during which the blocking loop
+windows, marked by a clock reading at each boundary. When a test's blocks are
+needed (to judge the call and the teardown, or for the ``loopwatch`` fixture)
+the watchdog is flushed and each block goes to the window in which its loop
 iteration ended, which is what matters for loops that outlive one test
-(pytest-asyncio module and session loop scopes, anyio's runner).
+(pytest-asyncio module and session loop scopes, anyio's runner). A marker
+threshold below the run's adds a short extra session for that test.
 
 Settings are resolved once, by precedence command line > environment >
 ini file > default, into an immutable :class:`Settings`; the
