@@ -11,6 +11,11 @@ import threading
 
 logger = logging.getLogger("loopwatch")
 
+#: One WARNING per block. Silent unless the application configures logging (or
+#: the session's mode is "log"): a library must not print on its own.
+block_logger = logging.getLogger("loopwatch.blocks")
+block_logger.addHandler(logging.NullHandler())
+
 _seen: set[str] = set()
 _seen_lock = threading.Lock()
 

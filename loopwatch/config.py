@@ -53,7 +53,10 @@ class Config:
     on_block: Callable[[Block], Any] | None = field(default=None, compare=False)
     """Called with each :class:`~loopwatch.Block` as it is found (from the watchdog thread)."""
     mode: Mode = "report"
-    """``report``: collect; ``log``: also log each block; ``raise``: leaving watch() raises."""
+    """``report``: collect (each block is also logged at WARNING on ``loopwatch.blocks``,
+    shown where the application configured logging); ``log``: as report, and show
+    those warnings on stderr when nothing else configured logging; ``raise``:
+    leaving watch() raises LoopBlockedError if the loop blocked."""
     deadman: bool = False
     """Also use faulthandler to capture stacks inside C calls that hold the GIL.
 

@@ -42,8 +42,9 @@ from loopwatch._log import log_once
 #: the loop thread's (CPU seconds, seconds spent runnable but waiting for a CPU)
 Clock = tuple[float, float]
 #: iteration start, end (time.monotonic, the loop's clock), the loop thread's Clock at the
-#: end, and the resolution when it is not the probe's own ("tick": the end is approximate)
-Ended = tuple[float, float, "Clock | None", "str | None"]
+#: end, the resolution when it is not the probe's own ("tick": the end is approximate),
+#: and (precise mode) the slowest callback of the iteration
+Ended = tuple[float, float, "Clock | None", "str | None", "str | None"]
 
 _ENDED_KEEP = 4096
 _LAGS_KEEP = 4096
@@ -97,6 +98,25 @@ class ThreadClock:
             os.close(fd)
 
 
+def describe_handle(handle: Any, seconds: float) -> str:
+    """``Task 'name' step of coro() (app.py:12), 153 ms`` or the callback's name and place."""
+    callback = getattr(handle, "_callback", None)
+    owner = getattr(callback, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        coro = owner.get_coro()
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        where = f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
+        name = getattr(coro, "__qualname__", type(coro).__name__)
+        what = f"Task {owner.get_name()!r} step of {name}(){where}"
+    else:
+        target = getattr(callback, "__func__", callback)
+        code = getattr(target, "__code__", None)
+        name = getattr(target, "__qualname__", None) or repr(target)
+        where = f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
+        what = f"callback {name}(){where}"
+    return f"{what}, {seconds * 1000:.0f} ms"
+
+
 def _stock_run_once(cls: type) -> bool:
     """True if the class runs BaseEventLoop's own _run_once (ours may be patched in)."""
     for klass in cls.__mro__:
@@ -121,6 +141,8 @@ class Probe:
         self.loop_ref = weakref.ref(loop)
         self.thread_id = thread_id
         self.label = f"{type(loop).__name__}#{next(_loop_numbers)} ({_thread_name(thread_id)})"
+        #: precise mode: the slowest callback of the current iteration (seconds, handle)
+        self.slowest: tuple[float, Any] | None = None
         #: True while the loop has left an iteration whose end is about to be stamped
         self.ending = False
         #: slow iterations that ended, for the watchdog to pick up (appended in the loop thread)
@@ -143,6 +165,16 @@ class Probe:
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         return self.loop_ref()
+
+    def slowest_callback(self) -> str | None:
+        """Describe the slowest callback of this iteration (precise mode), in the loop thread."""
+        slowest = self.slowest
+        if slowest is None:
+            return None
+        try:
+            return describe_handle(slowest[1], slowest[0])
+        except Exception:  # a repr that fails must not break the loop
+            return None
 
     def cpu_time(self) -> Clock | None:
         """The loop thread's CPU and run-queue seconds so far (readable from any thread)."""
@@ -219,6 +251,7 @@ class SelectorProbe(Probe):
         self.iter_start = 0.0
         self._wrapper: Callable[..., Any] | None = None
         self._frame: FrameType | None = None
+        self._foreign: FrameType | None = None
         self._frame_start = 0.0
         self._end_armed_for: FrameType | None = None
         self._end_last_armed: FrameType | None = None
@@ -240,8 +273,10 @@ class SelectorProbe(Probe):
         self.want_exact = False
         self.exact = True
         self.iterations = 0
-        # The iteration in progress keeps the start read from its frame (0.0: idle).
-        self.iter_start = current_start
+        # The iteration in progress keeps the start read from its frame, if the
+        # loop is still inside it (the frame we were given may be a moment old).
+        inside = current_start and self._frame is not None and self._inside(self._frame)
+        self.iter_start = current_start if inside else 0.0
         self._wrapper = _make_select(self, self._selector.select)
         self._selector.select = self._wrapper
 
@@ -270,9 +305,18 @@ class SelectorProbe(Probe):
             return 0.0
         if frame is self._frame:
             return self._frame_start
+        if frame is self._foreign:
+            return 0.0
         # A new iteration. Its start is _run_once's local end_time, set right
         # after select returned; before that the loop is still selecting.
-        end_time = frame.f_locals.get("end_time")
+        local = frame.f_locals
+        if local.get("self") is not self.loop_ref():
+            # Another loop's iteration on this thread (pytest-asyncio keeps a
+            # stopped module-scoped loop beside the running one): not ours.
+            self._foreign = frame
+            self._frame = None
+            return 0.0
+        end_time = local.get("end_time")
         if end_time is None:
             return 0.0
         self._frame = frame
@@ -296,7 +340,7 @@ class SelectorProbe(Probe):
                 if probe._end_armed_for is armed_for:
                     # Record first, disarm second: the watchdog may look in between
                     # (reading the clock releases the GIL) and must still see it armed.
-                    probe.ended.append((start, time.monotonic(), probe.cpu_time(), None))
+                    probe.ended.append((start, time.monotonic(), probe.cpu_time(), None, None))
                     probe._end_armed_for = None
             return select(timeout)
 
@@ -309,7 +353,7 @@ class SelectorProbe(Probe):
             with self._end_lock:
                 if self._end_armed_for is armed_for:
                     # It ended a moment ago, between our look and the hook.
-                    self.ended.append((start, time.monotonic(), self.cpu_time(), "tick"))
+                    self.ended.append((start, time.monotonic(), self.cpu_time(), "tick", None))
                     self._end_armed_for = None
 
     @staticmethod
@@ -329,14 +373,14 @@ class SelectorProbe(Probe):
     def run_ended(self) -> None:
         now = time.monotonic()
         if self.exact and self.iter_start:
-            self.ended.append((self.iter_start, now, self.cpu_time(), None))
+            self.ended.append((self.iter_start, now, self.cpu_time(), None, None))
             self.iter_start = 0.0
         with self._end_lock:
             if self._end_armed_for is not None:
                 hook = self._selector.__dict__.get("select")
                 if getattr(hook, "__name__", "") == "select_once":
                     del self._selector.select
-                self.ended.append((self._end_armed_start, now, self.cpu_time(), None))
+                self.ended.append((self._end_armed_start, now, self.cpu_time(), None, None))
                 self._end_armed_for = None
         self._frame = None
         super().run_ended()
@@ -349,7 +393,7 @@ class SelectorProbe(Probe):
         ):
             del self._selector.select
         self.iter_start = 0.0
-        self._frame = None
+        self._frame = self._foreign = None
         self._end_armed_for = self._end_last_armed = None
 
 
@@ -369,9 +413,12 @@ def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[.
             busy = now - start
             _probe.busy += busy
             _probe.iterations += 1  # type: ignore[operator]
-            if busy > _probe.slow_threshold:
-                _probe.ended.append((start, now, _cpu(), None))
             _probe.iter_start = 0.0
+            if busy > _probe.slow_threshold:
+                # After marking the iteration over: reading the CPU clock may let the
+                # watchdog in, and it must not sample this bookkeeping as the block.
+                _probe.ended.append((start, now, _cpu(), None, _probe.slowest_callback()))
+            _probe.slowest = None
         events = _select(timeout)
         _probe.iter_start = _clock()
         return events
@@ -403,13 +450,13 @@ class HeartbeatProbe(Probe):
         self.iterations += 1  # type: ignore[operator]
         self.busy += lag
         if lag > self.slow_threshold:
-            self.ended.append((sent, now, self.cpu_time(), None))
+            self.ended.append((sent, now, self.cpu_time(), None, None))
 
     def run_ended(self) -> None:
         if self._ping_sent:
             now = time.monotonic()
             if now - self._ping_sent > self.slow_threshold:
-                self.ended.append((self._ping_sent, now, self.cpu_time(), None))
+                self.ended.append((self._ping_sent, now, self.cpu_time(), None, None))
         super().run_ended()
 
 

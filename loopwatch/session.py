@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 import time
@@ -11,11 +12,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-from loopwatch._log import log_once, logger
+from loopwatch._log import block_logger, log_once
 from loopwatch.config import Config
 from loopwatch.errors import LoopBlockedError
 from loopwatch.model import Block, LoopStats, Report, SiteAccumulator
-from loopwatch.watchdog import WATCHDOG
+from loopwatch.watchdog import WATCHDOG, Cut
+
+#: The site of slow iterations that no stack sample caught.
+UNSAMPLED = "<not sampled>"
 
 T = TypeVar("T")
 
@@ -40,6 +44,7 @@ class Session:
         self._events: list[str] = []
         self._dropped = 0
         self._running = False
+        self._log_handler: logging.Handler | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -51,6 +56,11 @@ class Session:
             raise RuntimeError("a loopwatch session cannot be restarted; call watch() again")
         self.started = time.monotonic()
         self._running = True
+        if self.config.mode == "log" and not logging.getLogger().handlers:
+            # Nothing configured logging: show the block warnings on stderr ourselves.
+            self._log_handler = logging.StreamHandler()
+            self._log_handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+            block_logger.addHandler(self._log_handler)
         WATCHDOG.subscribe(self)
         WATCHDOG.attach_running_loops()
         return self
@@ -60,8 +70,13 @@ class Session:
         if not self._running:
             return
         self._running = False
-        WATCHDOG.unsubscribe(self)
-        self.stopped = time.monotonic()
+        try:
+            WATCHDOG.unsubscribe(self)
+        finally:
+            self.stopped = time.monotonic()
+            if self._log_handler is not None:
+                block_logger.removeHandler(self._log_handler)
+                self._log_handler = None
 
     @property
     def running(self) -> bool:
@@ -132,20 +147,28 @@ class Session:
             if acc is None:
                 acc = self._sites[key] = SiteAccumulator(key, block.function)
             acc.add(block.duration, block.cpu_ratio, block.gil_held, block.gc_time)
-        if self.config.mode == "log":
-            logger.warning(
-                "event loop blocked for %.0f ms (%s) at %s in %s%s",
-                block.duration * 1000,
-                block.kind,
-                block.site or "an unknown line",
-                block.function or "?",
-                f", task {block.task}" if block.task else "",
-            )
+        block_logger.warning(
+            "event loop blocked for %.0f ms (%s) at %s in %s%s",
+            block.duration * 1000,
+            block.kind,
+            block.site or "an unknown line",
+            block.function or "?",
+            f", task {block.task}" if block.task else "",
+        )
         if self.config.on_block is not None:
             try:
                 self.config.on_block(block)
             except Exception:
                 log_once(f"on_block-{id(self)}", "loopwatch on_block callback raised")
+
+    def receive_cut(self, cut: Cut) -> None:
+        """An iteration over the site threshold but under the block threshold."""
+        with self._lock:
+            key = cut.site or UNSAMPLED
+            acc = self._sites.get(key)
+            if acc is None:
+                acc = self._sites[key] = SiteAccumulator(key, cut.function)
+            acc.add(cut.duration, cut.cpu_ratio, None, cut.gc_time, block=False)
 
     def receive_loop(self, stats: LoopStats) -> None:
         with self._lock:

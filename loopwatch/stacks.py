@@ -87,11 +87,30 @@ class UserCode:
         return not absolute.startswith(self._roots)
 
     def site_index(self, frames: Sequence[Frame]) -> int | None:
-        """Index of the innermost user frame, or None when the stack has none."""
-        for index in range(len(frames) - 1, -1, -1):
+        """Index of the innermost user frame that the loop is running, or None.
+
+        Only frames inside the loop's iteration count: the user's frames
+        around ``asyncio.run(...)`` are where the loop was started, not what
+        blocked it, so a sample taken while the loop was busy in its own
+        machinery has no site.
+        """
+        inside = _iteration_begins(frames)
+        for index in range(len(frames) - 1, inside - 1, -1):
             if self(frames[index].file):
                 return index
         return None
+
+
+_ASYNCIO_BASE = os.sep + os.path.join("asyncio", "base_events.py")
+
+
+def _iteration_begins(frames: Sequence[Frame]) -> int:
+    """Index just inside the innermost asyncio ``_run_once`` frame (0 if there is none)."""
+    for index in range(len(frames) - 1, -1, -1):
+        frame = frames[index]
+        if frame.function == "_run_once" and frame.file.endswith(_ASYNCIO_BASE):
+            return index + 1
+    return 0
 
 
 # faulthandler writes, for each thread:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
+from loopwatch import _precise
 from loopwatch._log import log_once, logger
 from loopwatch.config import Config
 from loopwatch.model import Block, Frame, LoopStats, Stack, advise, classify, percentile
@@ -47,6 +48,17 @@ WALL_OFFSET = time.time() - time.monotonic()
 """Add to a time.monotonic() reading (the loop's clock) to get wall-clock time."""
 
 
+@dataclass(frozen=True)
+class Cut:
+    """An iteration slower than the site threshold but not a block: one of a thousand cuts."""
+
+    duration: float
+    cpu_ratio: float | None
+    site: str | None
+    function: str | None
+    gc_time: float
+
+
 _Dump = tuple[float, dict[int, tuple[Frame, ...]]]
 """When a deadman dump fired (loop clock), and the stack of each thread in it."""
 
@@ -62,6 +74,8 @@ class Subscriber(Protocol):
     def receive_loop(self, stats: LoopStats) -> None: ...
 
     def receive_event(self, message: str) -> None: ...
+
+    def receive_cut(self, cut: Cut) -> None: ...
 
 
 @dataclass
@@ -94,13 +108,18 @@ class _Tracking:
     window_looked: float = 0.0
     window_busy: float = 0.0
     worst_window: float | None = None
+    #: the loop has had iterations over the site threshold: watch it closely
+    cuts: bool = False
+    pinged: float = 0.0
 
 
 @dataclass(frozen=True)
 class _Settings:
     threshold: float
+    site_threshold: float
     sample_interval: float
     deadman: bool
+    precise: bool
     include: tuple[str, ...]
     exclude: tuple[str, ...]
 
@@ -127,6 +146,18 @@ class _Settings:
 
 #: Seconds between looks for loops that were already running (new runs are patched).
 _SCAN_EVERY = 1.0
+
+
+def _cpu_ratio(reference: _Reading | None, cpu_end: Clock | None, end: float) -> float | None:
+    """CPU seconds over the seconds the loop thread could have run, between two readings."""
+    if reference is None or reference.cpu is None or cpu_end is None:
+        return None
+    computing = cpu_end[0] - reference.cpu[0]
+    # time spent runnable but waiting for a CPU is neither computing nor waiting
+    could_run = (end - reference.at) - (cpu_end[1] - reference.cpu[1])
+    if could_run <= 0:
+        return None
+    return min(1.0, max(0.0, computing / could_run))
 
 
 def _running_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
@@ -345,6 +376,7 @@ class Watchdog:
                 return
             self._discovery.remove()
             self._gc.remove()
+            _precise.remove()
             for probe in self._probes:
                 probe.detach()
             self._probes = []
@@ -389,8 +421,10 @@ class Watchdog:
         configs = [s.config for s in self._subscribers]
         settings = _Settings(
             threshold=min(c.threshold for c in configs),
+            site_threshold=min(c.effective_site_threshold for c in configs),
             sample_interval=min(c.sample_interval for c in configs),
             deadman=any(c.deadman for c in configs),
+            precise=any(c.precise for c in configs),
             include=tuple(sorted({p for c in configs for p in c.include})),
             exclude=tuple(sorted({p for c in configs for p in c.exclude})),
         )
@@ -401,9 +435,20 @@ class Watchdog:
             self._user_code = UserCode(settings.include, settings.exclude)
         self._settings = settings
         for probe in self._probes:
-            probe.slow_threshold = settings.threshold
+            self._configure(probe, settings)
+        if settings.precise:
+            _precise.install()
+        else:
+            _precise.remove()
         if not settings.deadman:
             self._deadman.stop()
+
+    @staticmethod
+    def _configure(probe: Probe, settings: _Settings) -> None:
+        # Below the block threshold, iterations still count towards per-site totals.
+        probe.slow_threshold = settings.site_threshold
+        if settings.precise and isinstance(probe, SelectorProbe) and not probe.exact:
+            probe.go_exact()
 
     def _on_loop(self, loop: asyncio.AbstractEventLoop, thread_id: int | None = None) -> None:
         with self._lock:
@@ -413,7 +458,8 @@ class Watchdog:
                 if probe.loop is loop and probe.alive():
                     return
             probe = make_probe(loop, thread_id or threading.get_ident())
-            probe.slow_threshold = self._settings.threshold
+            self._configure(probe, self._settings)
+            _precise.track(loop, probe)
             # A first CPU reading, so that a block in the very first iteration has one.
             probe.wd = _Tracking(last=_Reading(time.monotonic(), probe.cpu_time()))
             self._probes.append(probe)
@@ -468,7 +514,9 @@ class Watchdog:
             heartbeat = heartbeat or probe.resolution == "heartbeat"
             if self._track(probe, frames.get(probe.thread_id), now, settings, flush, late):
                 sampling = True
-            if not flush:
+            if not flush and now - probe.wd.pinged >= settings.tick:
+                # at most once a tick: each ping wakes the loop
+                probe.wd.pinged = now
                 probe.ping(now)
         del frames
         if settings.deadman and self._probes and not flush:
@@ -496,8 +544,8 @@ class Watchdog:
         if start == wd.done:
             start = 0.0  # a stale look at an iteration already finished
         while probe.ended:
-            began, ended, clock, resolution = probe.ended.popleft()
-            self._finish(probe, began, ended, clock, settings, resolution)
+            began, ended, clock, resolution, callback = probe.ended.popleft()
+            self._finish(probe, began, ended, clock, settings, resolution, callback)
         cpu = probe.cpu_time()
         if start != wd.seen_start:
             if wd.seen_start and wd.samples:
@@ -516,8 +564,14 @@ class Watchdog:
         if not flush and wd.last is not None:
             self._account_busy(wd, now, now - wd.last.at, bool(start))
         wd.last = _Reading(now, cpu)
-        if not start or flush or now - start <= settings.speculate or frame is None:
-            return False
+        age = now - start if start else 0.0
+        if start and not wd.cuts and age > settings.site_threshold / 2:
+            # Caught at a random moment, an iteration this old is probably over the
+            # site threshold (ages are spread evenly over an iteration's length).
+            self._cut_prone(probe, wd)
+        speculate = settings.site_threshold / 2 if wd.cuts else settings.speculate
+        if not start or flush or age <= speculate or frame is None:
+            return wd.cuts and not flush
         if probe.ending:
             return True  # its end is being stamped: what the loop runs now belongs elsewhere
         probe.watch_end(start)
@@ -530,6 +584,17 @@ class Watchdog:
                 coro = task.get_coro()
                 wd.coroutine = getattr(coro, "__qualname__", None) or repr(coro)
         return True
+
+    def _cut_prone(self, probe: Probe, wd: _Tracking) -> None:
+        """The loop has iterations over the site threshold ("a thousand cuts").
+
+        From now on it is timed on every iteration and looked at every
+        sample_interval, so that each such iteration is counted and most are
+        attributed to a line.
+        """
+        wd.cuts = True
+        if isinstance(probe, SelectorProbe) and not probe.exact:
+            probe.go_exact()
 
     def _stalled(self, late: float) -> None:
         """The watchdog could not run for longer than the threshold.
@@ -587,8 +652,11 @@ class Watchdog:
         cpu_end: Clock | None,
         settings: _Settings,
         resolution: str | None = None,
+        callback: str | None = None,
     ) -> None:
         wd: _Tracking = probe.wd
+        if start == wd.done:
+            return  # stamped twice (a hook and a fallback both saw it end): keep the first
         duration = end - start
         seen = start == wd.seen_start
         samples = wd.samples if seen else Counter()
@@ -600,16 +668,14 @@ class Watchdog:
             # finished: not to be finished again (by a tick) when the loop moves on
             wd.samples = Counter()
             wd.seen_start = -1.0
+        if not wd.cuts and duration > settings.site_threshold:
+            self._cut_prone(probe, wd)
         if duration <= settings.threshold:
+            if duration > settings.site_threshold:
+                self._cut(probe, start, end, cpu_end, reference, samples, settings)
             return
         wd.blocks += 1
-        cpu_ratio = None
-        if reference is not None and reference.cpu is not None and cpu_end is not None:
-            computing = cpu_end[0] - reference.cpu[0]
-            # time spent runnable but waiting for a CPU is neither computing nor waiting
-            could_run = (end - reference.at) - (cpu_end[1] - reference.cpu[1])
-            if could_run > 0:
-                cpu_ratio = min(1.0, max(0.0, computing / could_run))
+        cpu_ratio = _cpu_ratio(reference, cpu_end, end)
         weighted: Counter[tuple[Frame, ...]] = Counter()
         for raw, count in samples.items():
             weighted[to_frames(raw)] += count
@@ -637,6 +703,7 @@ class Watchdog:
             function=site_frame.function if site_frame else None,
             task=wd.task if seen else None,
             coroutine=wd.coroutine if seen else None,
+            callback=callback,
             samples=sum(samples.values()) + len(dumps),
             stacks=tuple(Stack(f, c) for f, c in weighted.most_common()),
             source=source,
@@ -647,17 +714,59 @@ class Watchdog:
         )
         self._dispatch(block, end)
 
+    def _cut(
+        self,
+        probe: Probe,
+        start: float,
+        end: float,
+        cpu_end: Clock | None,
+        reference: _Reading | None,
+        samples: Counter[RawStack],
+        settings: _Settings,
+    ) -> None:
+        """An iteration over the site threshold but under the block threshold."""
+        weighted: Counter[tuple[Frame, ...]] = Counter()
+        for raw, count in samples.items():
+            weighted[to_frames(raw)] += count
+        # Only user code counts here: a sample of the loop's own machinery says
+        # nothing about which line made this iteration slow.
+        _, site_frame = self._choose_site(weighted, fallback=False)
+        cut = Cut(
+            duration=end - start,
+            cpu_ratio=_cpu_ratio(reference, cpu_end, end),
+            site=site_frame.location if site_frame else None,
+            function=site_frame.function if site_frame else None,
+            gc_time=self._gc.time_in(probe.thread_id, start, end),
+        )
+        for subscriber in list(self._subscribers):
+            config = subscriber.config
+            if cut.duration > config.effective_site_threshold and end > subscriber.started:
+                try:
+                    subscriber.receive_cut(cut)
+                except Exception:
+                    log_once("sink-cut", "a loopwatch session failed to record a slow iteration")
+
     def _choose_site(
-        self, weighted: Counter[tuple[Frame, ...]]
+        self, weighted: Counter[tuple[Frame, ...]], fallback: bool = True
     ) -> tuple[tuple[Frame, ...], Frame | None]:
-        """The most-sampled innermost user frame, and the most-sampled stack through it."""
+        """The most-sampled innermost user frame, and the most-sampled stack through it.
+
+        With ``fallback``, a block where no user code was seen gets its innermost
+        frame (a library's) as the site.
+        """
         if not weighted:
             return (), None
         votes: Counter[Frame] = Counter()
+        innermost: Counter[Frame] = Counter()
         for frames, count in weighted.items():
             index = self._user_code.site_index(frames)
-            votes[frames[index] if index is not None else frames[-1]] += count
-        site_frame = votes.most_common(1)[0][0]
+            if index is not None:
+                votes[frames[index]] += count
+            elif frames:
+                innermost[frames[-1]] += count
+        if not votes and not (fallback and innermost):
+            return (), None
+        site_frame = (votes or innermost).most_common(1)[0][0]
         best = max(
             (item for item in weighted.items() if site_frame in item[0]), key=lambda i: i[1]
         )

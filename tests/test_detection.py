@@ -484,3 +484,26 @@ def test_loopback_echo_is_not_a_block() -> None:
         await server.wait_closed()
 
     assert not watch_run(main)
+
+
+def test_stopped_loop_beside_a_running_one_on_the_same_thread() -> None:
+    """A stopped loop does not take over another loop's iteration on its thread."""
+    watch = Stopwatch()
+
+    async def quick() -> None:
+        await asyncio.sleep(0)
+
+    async def slow() -> None:
+        with watch:
+            time.sleep(BLOCK)  # block: other loop
+
+    with loopwatch.watch(threshold=THRESHOLD) as session:
+        kept = asyncio.new_event_loop()  # like pytest-asyncio's module-scoped loop
+        try:
+            kept.run_until_complete(quick())
+            asyncio.run(slow())
+            time.sleep(0.1)  # the kept loop is stopped meanwhile: not a block
+            kept.run_until_complete(quick())
+        finally:
+            kept.close()
+    assert_one_block(session.report().blocks, "other loop", watch, "wait")

@@ -188,13 +188,13 @@ def test_failing_on_block_does_not_break_the_program(caplog: Any) -> None:
     assert messages == ["loopwatch on_block callback raised"]
 
 
-def test_log_mode_logs_one_warning_per_block(caplog: Any) -> None:
-    """mode='log' logs each block once, with duration, kind, line and task."""
+def test_each_block_logs_one_warning(caplog: Any) -> None:
+    """Each block is logged once on loopwatch.blocks, with duration, kind, line and task."""
     with caplog.at_level(logging.WARNING, logger="loopwatch"), loopwatch.watch(
-        threshold=THRESHOLD, mode="log"
+        threshold=THRESHOLD
     ):
         asyncio.run(_block_once())
-    (record,) = [r for r in caplog.records if r.name == "loopwatch"]
+    (record,) = [r for r in caplog.records if r.name == "loopwatch.blocks"]
     text = record.getMessage()
     assert text.startswith("event loop blocked for ")
     assert "(wait)" in text and "test_session.py:" in text and "task Task-" in text
