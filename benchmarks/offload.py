@@ -103,7 +103,8 @@ async def with_lag(work: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
 
 
 def calibrate(seconds: float) -> int:
-    """Rounds of burn() that take ``seconds`` on an idle CPU (the fastest of a few tries)."""
+    """Rounds of burn() that take ``seconds`` of CPU time (thread CPU time: other load on the
+    machine does not skew it)."""
     n = 20_000
     while True:
         took = min(_timed(burn, n) for _ in range(3))
@@ -113,9 +114,9 @@ def calibrate(seconds: float) -> int:
 
 
 def _timed(fn: Callable[[int], Any], n: int) -> float:
-    start = time.perf_counter()
+    start = time.thread_time()
     fn(n)
-    return time.perf_counter() - start
+    return time.thread_time() - start
 
 
 def row(label: str, ours: float, base: float, base_label: str, aim: str) -> str:
