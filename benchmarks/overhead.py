@@ -118,7 +118,8 @@ def _debug(work: Workload, n: int) -> float:
 MODES: dict[str, Callable[[Workload, int], float]] = {
     "bare asyncio": _bare,
     "watch() default": _watched({}),
-    "watch(deadman=False)": _watched({"deadman": False}),
+    "watch(deadman=True)": _watched({"deadman": True}),
+    "watch(precise=True)": _watched({"precise": True}),
 }
 
 

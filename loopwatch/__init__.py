@@ -7,20 +7,42 @@
 ...     asyncio.run(main())
 >>> len(session.report().blocks)
 1
+
+The public names are loaded on first use, so that importing loopwatch (as
+pytest does for every run, to find the plugin) costs next to nothing.
 """
 
+from importlib import import_module as _import_module
 from importlib.metadata import PackageNotFoundError as _NotInstalled
 from importlib.metadata import version as _version
+from typing import TYPE_CHECKING, Any
 
-from loopwatch.config import Config, ConfigError
-from loopwatch.errors import LoopBlockedError
-from loopwatch.model import Block, Frame, LoopStats, Report, Site
-from loopwatch.session import Session, run, watch
+if TYPE_CHECKING:
+    from loopwatch.config import Config, ConfigError
+    from loopwatch.errors import LoopBlockedError
+    from loopwatch.model import Block, Frame, LoopStats, Report, Site
+    from loopwatch.offload import offload
+    from loopwatch.session import Session, run, watch
 
 try:
     __version__ = _version("loopwatch")
 except _NotInstalled:  # running from a source tree that is not installed
     __version__ = "0.0.0"
+
+_HOMES = {
+    "Block": "loopwatch.model",
+    "Config": "loopwatch.config",
+    "ConfigError": "loopwatch.config",
+    "Frame": "loopwatch.model",
+    "LoopBlockedError": "loopwatch.errors",
+    "LoopStats": "loopwatch.model",
+    "Report": "loopwatch.model",
+    "Session": "loopwatch.session",
+    "Site": "loopwatch.model",
+    "offload": "loopwatch.offload",
+    "run": "loopwatch.session",
+    "watch": "loopwatch.session",
+}
 
 __all__ = [
     "Block",
@@ -33,6 +55,20 @@ __all__ = [
     "Session",
     "Site",
     "__version__",
+    "offload",
     "run",
     "watch",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'loopwatch' has no attribute {name!r}")
+    value = getattr(_import_module(home), name)
+    globals()[name] = value  # next time, no look-up
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
