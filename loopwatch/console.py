@@ -1,13 +1,50 @@
-"""Rendering a Report for people. Renderers only format: every number comes from the model."""
+"""Rendering a Report for people. Renderers only format: every number comes from the model.
+
+Two renderers share this module:
+
+- :func:`render` / :func:`print_report`: the full console report (rich): a
+  summary line, the worst blocks with their source lines and stacks, the sites
+  table, loop saturation, profile-mode functions and notes.
+- :func:`render_summary` / :func:`print_summary`: one plain line per block, for
+  logs and the pytest plugin.
+
+>>> from loopwatch.model import Report
+>>> print(render(Report(threshold=0.05), color=False))
+loopwatch: no blocks over 50.0 ms
+"""
 
 from __future__ import annotations
 
+import io
+import linecache
 import os
+import re
 import sys
 import sysconfig
+from collections.abc import Sequence
 from typing import TextIO
 
-from loopwatch.model import Block, Report
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from loopwatch.model import Block, Frame, FunctionStat, LoopStats, Report
+from loopwatch.stacks import UserCode
+
+#: Width of the report when the output is not a terminal (files, CI logs, pipes).
+DEFAULT_WIDTH = 100
+
+#: A block's GC time is mentioned when it is at least this share of the block.
+_NOTABLE_GC = 0.1
+
+#: Lines of source shown above and below a block's line.
+_CONTEXT = 2
+
+_INDENT = 4
+
+_TRAILING_BLANKS = re.compile(r" +((?:\x1b\[[0-9;]*m)*)$")
 
 
 def short_path(path: str) -> str:
@@ -73,3 +110,460 @@ def render_summary(report: Report, limit: int = 20) -> str:
 def print_summary(report: Report, file: TextIO | None = None) -> None:
     out = file if file is not None else sys.stderr
     print(render_summary(report), file=out, flush=True)
+
+
+# -- the rich report ------------------------------------------------------------
+
+_KIND_STYLE = {"cpu": "bold red", "wait": "bold yellow", "mixed": "bold magenta"}
+
+
+def _duration(seconds: float) -> str:
+    """Milliseconds below a second, then seconds: short enough for a table cell."""
+    if seconds >= 10:
+        return f"{seconds:,.1f} s"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 0.1:
+        return f"{seconds * 1000:,.0f} ms"
+    return f"{seconds * 1000:,.1f} ms"
+
+
+def _percent(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.0%}"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _cuts_known(report: Report) -> bool:
+    """Whether ``Site.blocks`` was filled in by the core.
+
+    Cores before thousand-cuts tracking leave it 0 everywhere; a filled-in
+    report with any block has at least one site with ``blocks > 0``.
+    """
+    return not report.blocks or any(site.blocks for site in report.sites)
+
+
+def _worst_loop(report: Report) -> LoopStats | None:
+    def worst(stats: LoopStats) -> float:
+        return stats.worst_window if stats.worst_window is not None else stats.busy_fraction
+
+    measured = [s for s in report.loops if _busy_measured(s)]
+    return max(measured, key=worst, default=None)
+
+
+def _busy_measured(stats: LoopStats) -> bool:
+    # busy time is only counted where the core counts every iteration; elsewhere
+    # busy stays 0.0, which would read as "idle"
+    return (
+        stats.busy_fraction_sampled is not None
+        or stats.worst_window is not None
+        or stats.iterations is not None
+    )
+
+
+def _summary(report: Report) -> Text:
+    count = len(report.blocks) + report.dropped_blocks
+    text = Text("loopwatch: ", style="bold")
+    if count:
+        text.append(f"{_plural(count, 'block')} over {_duration(report.threshold)}", style="bold")
+        text.append(f", {_duration(report.total_blocked)} blocked in total")
+    else:
+        text.append(f"no blocks over {_duration(report.threshold)}", style="bold green")
+    worst = _worst_loop(report)
+    if worst is not None:
+        share = worst.worst_window if worst.worst_window is not None else worst.busy_fraction
+        text.append(", busiest loop ")
+        text.append(f"{_percent(share)} busy", style="bold red" if worst.saturated else "")
+        if worst.saturated:
+            text.append(" (saturated)", style="bold red")
+    return text
+
+
+# -- one block ----------------------------------------------------------------------
+
+
+_KIND_LABEL = {"cpu": "computing", "wait": "waiting", "mixed": "computing and waiting"}
+
+
+def _block_header(number: int, block: Block) -> Text:
+    text = Text()
+    text.append(f"#{number}  ", style="bold")
+    text.append(_duration(block.duration), style="bold")
+    if block.resolution == "heartbeat":
+        text.append(" (± heartbeat)", style="dim")
+    text.append("  ")
+    text.append(_KIND_LABEL.get(block.kind, "unknown"), style=_KIND_STYLE.get(block.kind, "bold"))
+    facts = []
+    if block.cpu_ratio is not None:
+        facts.append(f"CPU {_percent(block.cpu_ratio)}")
+    if block.gil_held is not None:
+        facts.append("GIL released" if block.gil_released else
+                     f"GIL held {_percent(block.gil_held)}")
+    if block.gc_time > 0 and block.gc_time >= _NOTABLE_GC * block.duration:
+        facts.append(f"GC {_duration(block.gc_time)}")
+    if facts:
+        text.append(" (" + ", ".join(facts) + ")")
+    who = []
+    if block.task:
+        coroutine = f" · {block.coroutine}()" if block.coroutine else ""
+        who.append(f"task {block.task}{coroutine}")
+    elif block.coroutine:
+        who.append(f"coroutine {block.coroutine}()")
+    if block.callback:
+        who.append(f"callback {block.callback}")
+    if who:
+        text.append("  " + ", ".join(who), style="cyan")
+    return text
+
+
+def _where(block: Block) -> Text:
+    text = Text()
+    if block.mostly_gc:
+        text.append("mostly a GC pause", style="bold")
+        text.append(f": {_duration(block.gc_time)} of {_duration(block.duration)} in the garbage "
+                    "collector, which runs at whatever line allocates next")
+        if block.site:
+            text.append(f" (here {short_site(block.site)})", style="dim")
+        return text
+    if not block.site:
+        text.append("no stack captured", style="bold")
+        if block.source == "none":
+            text.append(": the watchdog could not look at the loop while it was blocked",
+                        style="dim")
+        return text
+    text.append(short_site(block.site), style="bold")
+    text.append(f" in {block.function or '?'}")
+    if block.source == "deadman":
+        text.append("  (stack dumped by faulthandler during a C call)", style="dim")
+    return text
+
+
+def _source(block: Block, width: int) -> RenderableType | None:
+    frame = block.user_frame
+    if frame is None or frame.line <= 0 or block.mostly_gc:
+        return None
+    first = max(1, frame.line - _CONTEXT)
+    lines = [linecache.getline(frame.file, n) for n in range(first, frame.line + _CONTEXT + 1)]
+    if not lines[frame.line - first].strip():
+        return None  # the file is gone, or changed since the report was made
+    while not lines[-1].strip():
+        lines.pop()
+    while not lines[0].strip():
+        lines.pop(0)
+        first += 1
+    syntax = Syntax(
+        "".join(lines).rstrip("\n"), "python", line_numbers=True, start_line=first,
+        highlight_lines={frame.line}, theme="ansi_dark", background_color="default",
+        dedent=True, word_wrap=False, code_width=max(20, width - 12),
+    )
+    return syntax
+
+
+def _stack(block: Block, is_user: UserCode, limit_inner: int = 3) -> Text | None:
+    """The stack of the callback the loop was running, down to the block.
+
+    Frames outside that callback (``asyncio.run``, the loop's own machinery)
+    say nothing about the block and are left out; runs of library frames
+    above the user's line are folded into one dim line; the library frames
+    below it (what it called) are kept, up to ``limit_inner``. Nothing is
+    shown when the stack is just the block's own line.
+    """
+    shown = list(block.frames[_callback_start(block.frames):])
+    while shown and _is_own(shown[-1]) and shown[-1].location != block.site:
+        shown.pop()  # loopwatch's own hooks (its gc callback) caught mid-sample
+    site_index = next(
+        (i for i in range(len(shown) - 1, -1, -1) if shown[i].location == block.site), None
+    )
+    if not shown or (site_index == 0 and len(shown) == 1):
+        return None
+    text = Text()
+    pending: list[Frame] = []
+
+    def fold() -> None:
+        if pending:
+            names = ", ".join(dict.fromkeys(_module(f) for f in pending))
+            text.append(f"  … {_plural(len(pending), 'library frame')} ({names})\n",
+                        style="dim")
+            pending.clear()
+
+    for index, frame in enumerate(shown):
+        user = is_user(frame.file)
+        depth = index - site_index if site_index is not None else 0
+        if (depth <= 0 and not user and index != site_index) or depth > limit_inner:
+            pending.append(frame)
+            continue
+        fold()
+        if index == site_index:
+            text.append("❱ ", style="bold red")
+            text.append(f"{short_path(frame.file)}:{frame.line} in {frame.function}\n",
+                        style="bold")
+        else:
+            text.append(f"  {short_path(frame.file)}:{frame.line} in {frame.function}\n",
+                        style="" if user else "dim")
+    fold()
+    text.rstrip()
+    return text
+
+
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _is_own(frame: Frame) -> bool:
+    return frame.file.startswith(_OWN_DIR) and os.path.basename(frame.file) != "demo.py"
+
+
+def _callback_start(frames: Sequence[Frame]) -> int:
+    """Index of the first frame of the callback the loop was running (0 if not found)."""
+    for index in range(len(frames) - 1, -1, -1):
+        frame = frames[index]
+        name = os.path.basename(frame.file)
+        if frame.function == "_run" and name == "events.py":
+            return index + 1
+        if frame.function == "_run_once" and name == "base_events.py":
+            return index + 1
+    return 0
+
+
+def _module(frame: Frame) -> str:
+    path = short_path(frame.file)
+    if path.startswith("<frozen "):
+        return path[len("<frozen "):-1]
+    head, _, _ = path.partition(os.sep)
+    return head.removesuffix(".py") if head else path
+
+
+def _other_stacks(block: Block) -> Text | None:
+    if len(block.stacks) <= 1:
+        return None
+    main = max(block.stacks, key=lambda s: s.count)
+    total = sum(s.count for s in block.stacks)
+    return Text(
+        f"+ {_plural(len(block.stacks) - 1, 'other stack')} in {total - main.count} "
+        f"of {total} samples (--speedscope or --collapsed show them all)",
+        style="dim",
+    )
+
+
+def _functions_line(functions: Sequence[FunctionStat], limit: int = 4) -> Text | None:
+    # functions that only passed the time on to others are in the stack already
+    heavy = [f for f in functions if f.own >= 0.0005][:limit]
+    if not heavy:
+        return None
+    text = Text("profile: ", style="dim")
+    for index, stat in enumerate(heavy):
+        if index:
+            text.append(", ", style="dim")
+        text.append(stat.name)
+        text.append(f" {_duration(stat.own)}", style="dim")
+    return text
+
+
+def _advice(block: Block) -> Text | None:
+    if not block.advice:
+        return None
+    return Text(f"→ {block.advice}", style="green")
+
+
+def _block(number: int, block: Block, width: int, is_user: UserCode) -> RenderableType:
+    parts: list[RenderableType | None] = [
+        _where(block),
+        _source(block, width),
+        _stack(block, is_user),
+        _other_stacks(block),
+        _functions_line(block.functions),
+        _advice(block),
+    ]
+    body = Group(*(p for p in parts if p is not None))
+    return Group(_block_header(number, block), Padding(body, (0, 0, 0, _INDENT)))
+
+
+# -- tables ---------------------------------------------------------------------------
+
+
+def _sites_table(report: Report, limit: int) -> RenderableType:
+    cuts_known = _cuts_known(report)
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold",
+                  padding=(0, 1))
+    for name in ("count", "total", "p95", "max", "CPU"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("site", overflow="fold", ratio=1)
+    for site in report.sites[:limit]:
+        cell = Text()
+        cell.append(short_site(site.site), style="bold")
+        cell.append(f" in {site.function or '?'}")
+        if cuts_known and site.blocks < site.count:
+            over = f"{site.blocks} over" if site.blocks else "none over"
+            cell.append(f"\nthousand cuts: many short blocks, {over} "
+                        f"{_duration(report.threshold)}", style="yellow")
+        if site.advice:
+            cell.append(f"\n→ {site.advice}", style="green")
+        table.add_row(
+            str(site.count), _duration(site.total), _duration(site.p95), _duration(site.max),
+            Text(_percent(site.cpu_ratio), style=_KIND_STYLE.get(site.kind, "")), cell,
+        )
+    return table
+
+
+def _loops(report: Report) -> list[RenderableType]:
+    out: list[RenderableType] = []
+    for stats in report.loops:
+        head = Text()
+        head.append(stats.loop, style="bold")
+        head.append(f": {_plural(stats.blocks, 'block')} in {stats.watched:,.1f} s watched")
+        if stats.resolution == "heartbeat":
+            head.append(" (heartbeat resolution)", style="dim")
+        facts = Text()
+        if _busy_measured(stats):
+            facts.append(f"busy {_percent(stats.busy_fraction)}")
+        if stats.worst_window is not None:
+            facts.append(", worst 1 s window " if facts else "worst 1 s window ")
+            facts.append(_percent(stats.worst_window), style="bold red" if stats.saturated else "")
+        lags = [f"{name} {_duration(value)}" for name, value in
+                (("p50", stats.lag_p50), ("p99", stats.lag_p99), ("max", stats.lag_max))
+                if value is not None]
+        if lags:
+            facts.append((", lag " if facts else "lag ") + ", ".join(lags))
+        lines: list[RenderableType] = [head]
+        if facts:
+            lines.append(Padding(facts, (0, 0, 0, _INDENT)))
+        if stats.saturated and _busy_measured(stats):
+            lines.append(Padding(Text(
+                f"! busier than {stats.SATURATED:.0%} in some second: past that, latency climbs "
+                "fast. Move work off the loop, or spread it over more processes.",
+                style="bold red",
+            ), (0, 0, 0, _INDENT)))
+        out.append(Padding(Group(*lines), (0, 0, 0, 2)))
+    return out
+
+
+def _functions_table(functions: Sequence[FunctionStat], limit: int) -> RenderableType:
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 1))
+    table.add_column("function", overflow="fold", ratio=2)
+    table.add_column("own", justify="right", no_wrap=True)
+    table.add_column("total", justify="right", no_wrap=True)
+    table.add_column("calls", justify="right", no_wrap=True)
+    table.add_column("where", overflow="fold", ratio=2, style="dim")
+    for stat in functions[:limit]:
+        where = short_path(stat.file) + (f":{stat.line}" if stat.line > 0 else "")
+        table.add_row(Text(stat.name, style="bold"), _duration(stat.own), _duration(stat.total),
+                      f"{stat.calls:,}", where)
+    return table
+
+
+def _heading(title: str) -> Text:
+    return Text(title, style="bold underline")
+
+
+def _report(report: Report, width: int, limit: int) -> list[RenderableType]:
+    parts: list[RenderableType] = [_summary(report)]
+    worst = report.worst(limit)
+    if worst:
+        is_user = UserCode()
+        count = len(report.blocks) + report.dropped_blocks
+        title = "Worst blocks" if count > len(worst) else "Blocks"
+        extra = f" ({len(worst)} of {count})" if count > len(worst) else ""
+        parts += [Text(), _heading(title + extra)]
+        for number, block in enumerate(worst, 1):
+            if number > 1:
+                parts.append(Text())
+            parts.append(_block(number, block, width, is_user))
+    if report.sites:
+        more = len(report.sites) - limit * 2
+        parts += [Text(), _heading("Sites"), Padding(_sites_table(report, limit * 2), (0, 0, 0, 2))]
+        if more > 0:
+            parts.append(Text(f"  ... and {more} more", style="dim"))
+    loops = _loops(report)
+    if loops:
+        parts += [Text(), _heading("Loops"), *loops]
+    if report.functions:
+        parts += [Text(), _heading("Functions (profile mode, by own time)"),
+                  Padding(_functions_table(report.functions, limit * 2), (0, 0, 0, 2))]
+    notes: list[str] = list(report.events)
+    if report.dropped_blocks:
+        notes.append(f"{report.dropped_blocks} older block(s) were not kept (max_blocks); "
+                     "the sites table still counts them")
+    if notes:
+        parts += [Text(), *(Text(f"note: {note}", style="dim") for note in notes)]
+    return parts
+
+
+def _wants_color(stream: TextIO | None) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # closed stream
+        return False
+
+
+def _terminal_width(stream: TextIO | None) -> int | None:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def render(
+    report: Report, *, color: bool | None = None, width: int | None = None, limit: int = 5
+) -> str:
+    """The full console report as a string.
+
+    ``color``: ``True`` for ANSI styles, ``False`` for plain text, ``None`` to
+    decide as :func:`print_report` does for stderr (plain when it is not a
+    terminal or when ``NO_COLOR`` is set). ``width`` defaults to 100 columns.
+    ``limit`` is how many of the worst blocks are shown in full (the sites and
+    functions tables show twice as many rows).
+
+    >>> import asyncio, time, loopwatch
+    >>> async def main():
+    ...     time.sleep(0.08)
+    >>> with loopwatch.watch(threshold=0.05) as session:
+    ...     asyncio.run(main())
+    >>> print(render(session.report(), color=False))  # doctest: +ELLIPSIS
+    loopwatch: 1 block over 50.0 ms, 80... ms blocked in total...
+    """
+    if color is None:
+        color = _wants_color(sys.stderr)
+    width = width or DEFAULT_WIDTH
+    out = io.StringIO()
+    console = Console(
+        file=out, width=width, force_terminal=color, no_color=False, color_system="standard"
+        if color else None, highlight=False, markup=False, emoji=False, soft_wrap=False,
+        force_jupyter=False, force_interactive=False,
+    )
+    for part in _report(report, width, limit):
+        console.print(part)
+    # rich pads tables and code to the full width: trailing blanks only get in the way
+    lines = (_TRAILING_BLANKS.sub(r"\1", line) for line in out.getvalue().split("\n"))
+    return "\n".join(lines).rstrip("\n")
+
+
+def print_report(
+    report: Report,
+    file: TextIO | None = None,
+    *,
+    color: bool | None = None,
+    width: int | None = None,
+    limit: int = 5,
+) -> None:
+    """Print the full console report (to stderr by default).
+
+    Colors when ``file`` is a terminal and ``NO_COLOR`` is not set; uses the
+    terminal's width there, 100 columns elsewhere.
+
+    >>> from loopwatch.model import Report
+    >>> print_report(Report(threshold=0.1), file=sys.stdout)
+    loopwatch: no blocks over 100 ms
+    """
+    out = file if file is not None else sys.stderr
+    if color is None:
+        color = _wants_color(out)
+    if width is None:
+        width = min(_terminal_width(out) or DEFAULT_WIDTH, 140)
+    print(render(report, color=color, width=width, limit=limit), file=out, flush=True)
+
