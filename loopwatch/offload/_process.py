@@ -558,7 +558,9 @@ def _outcome(call: Call, kind: int, body: bytes) -> Any:
         try:
             error = pickle.loads(body)
         except Exception as exc:
-            error = OffloadError(f"{call.name} failed in the worker process: {exc!r}")
+            return OffloadError(f"{call.name} failed in the worker process: {exc!r}")
+        if type(error) is OffloadError:  # the worker did not know the function's name
+            error = OffloadError(f"{call.name}: {error}")
         return error
     return _CANCELLED
 
