@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import traceback
+import types
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import offload_workload as w
 import pytest
 
 from loopwatch.offload import (
+    OffloadError,
     RemoteError,
     RemoteTraceback,
     UnpicklableError,
@@ -158,6 +160,23 @@ async def test_function_that_cannot_be_imported_by_a_worker() -> None:
     with pytest.raises(UnpicklableError, match=r"local\(\) cannot run in a worker process: "
                        r"it is defined inside another function"):
         await offload("process")(local)(1)
+
+
+@pytest.mark.asyncio
+async def test_function_missing_in_the_worker_is_reported_by_name() -> None:
+    """A function whose module exists only in this process fails clearly, naming it."""
+    ghost = types.ModuleType("ghost_module_only_here")
+    exec("def vanish(x):\n    return x\n", ghost.__dict__)
+    sys.modules[ghost.__name__] = ghost
+    try:
+        with pytest.raises(OffloadError) as info:
+            await offload("process")(ghost.vanish)(1)
+    finally:
+        del sys.modules[ghost.__name__]
+    assert type(info.value) is OffloadError
+    assert str(info.value).startswith("vanish(): the worker process could not load the function")
+    assert "ModuleNotFoundError" in str(info.value)
+    assert await w.square(3) == 9
 
 
 @pytest.mark.asyncio
