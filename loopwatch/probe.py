@@ -269,6 +269,17 @@ class SelectorProbe(Probe):
         """Time every iteration from now on (wraps ``select``); see the module docstring."""
         self.want_exact = True
 
+    def go_sampled(self) -> None:
+        """Back to no cost per iteration (only for loops that were switched to exact mode)."""
+        self.want_exact = False
+        if not self.exact or not _stock_run_once(type(self.loop_ref())):
+            return
+        if self._selector.__dict__.get("select") is self._wrapper:
+            del self._selector.select
+        self.exact = False
+        self.iter_start = 0.0
+        self._frame = None
+
     def _switch_to_exact(self, current_start: float) -> None:
         self.want_exact = False
         self.exact = True

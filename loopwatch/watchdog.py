@@ -111,6 +111,10 @@ class _Tracking:
     #: the loop has had iterations over the site threshold: watch it closely
     cuts: bool = False
     pinged: float = 0.0
+    #: when looks found iterations older than half the site threshold (recent ones)
+    cut_looks: deque[float] = field(default_factory=lambda: deque(maxlen=_CUT_EVIDENCE))
+    #: the loop is timed on every iteration until then (0.0: it was not switched)
+    exact_until: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -315,6 +319,13 @@ class _GcTimer:
 #: A wake-up later than this waited for the GIL (the switch interval is 5 ms; a
 #: thread that releases the GIL lets the watchdog in at once).
 _LATE = 0.001
+
+#: Slow iterations (looks at an old iteration, or ended ones) needed within
+#: _CUT_WINDOW seconds before a loop is timed per iteration ("thousand cuts").
+_CUT_EVIDENCE = 3
+_CUT_WINDOW = 2.0
+#: A loop switched to per-iteration timing goes back after this long without cuts.
+_EXACT_FOR = 30.0
 
 #: Busy share is also kept per window of this many seconds; the worst one is reported.
 _WINDOW = 1.0
@@ -565,10 +576,14 @@ class Watchdog:
             self._account_busy(wd, now, now - wd.last.at, bool(start))
         wd.last = _Reading(now, cpu)
         age = now - start if start else 0.0
-        if start and not wd.cuts and age > settings.site_threshold / 2:
+        if start and not flush and age > settings.site_threshold / 2:
             # Caught at a random moment, an iteration this old is probably over the
             # site threshold (ages are spread evenly over an iteration's length).
-            self._cut_prone(probe, wd)
+            wd.cut_looks.append(now)
+            if len(wd.cut_looks) == _CUT_EVIDENCE and now - wd.cut_looks[0] < _CUT_WINDOW:
+                self._cut_prone(probe, wd, now)
+        if wd.exact_until and now > wd.exact_until and not settings.precise:
+            self._calm(probe, wd)
         speculate = settings.site_threshold / 2 if wd.cuts else settings.speculate
         if not start or flush or age <= speculate or frame is None:
             return wd.cuts and not flush
@@ -585,16 +600,29 @@ class Watchdog:
                 wd.coroutine = getattr(coro, "__qualname__", None) or repr(coro)
         return True
 
-    def _cut_prone(self, probe: Probe, wd: _Tracking) -> None:
-        """The loop has iterations over the site threshold ("a thousand cuts").
+    def _cut_prone(self, probe: Probe, wd: _Tracking, now: float) -> None:
+        """The loop keeps having iterations over the site threshold ("a thousand cuts").
 
-        From now on it is timed on every iteration and looked at every
+        For a while it is timed on every iteration and looked at every
         sample_interval, so that each such iteration is counted and most are
-        attributed to a line.
+        attributed to a line. One slow iteration (a GC pause, a hiccup of the
+        machine) is not enough: the per-iteration cost is paid on evidence.
         """
         wd.cuts = True
+        self._go_exact(probe, wd, now)
+
+    def _go_exact(self, probe: Probe, wd: _Tracking, now: float) -> None:
+        wd.exact_until = now + _EXACT_FOR
         if isinstance(probe, SelectorProbe) and not probe.exact:
             probe.go_exact()
+
+    def _calm(self, probe: Probe, wd: _Tracking) -> None:
+        """Nothing slow for a while: back to no cost per iteration."""
+        wd.exact_until = 0.0
+        wd.cuts = False
+        wd.cut_looks.clear()
+        if isinstance(probe, SelectorProbe):
+            probe.go_sampled()
 
     def _stalled(self, late: float) -> None:
         """The watchdog could not run for longer than the threshold.
@@ -604,9 +632,10 @@ class Watchdog:
         was never seen: from now on such loops are timed on every iteration,
         which costs a little per iteration but misses nothing.
         """
+        now = time.monotonic()
         for probe in self._probes:
             if isinstance(probe, SelectorProbe) and not probe.exact and not probe.want_exact:
-                probe.go_exact()
+                self._go_exact(probe, probe.wd, now)
                 message = (
                     f"the watchdog could not run for {late * 1000:.0f} ms (a C call holding "
                     f"the GIL, or an overloaded machine): {probe.label} is now timed on "
@@ -668,8 +697,12 @@ class Watchdog:
             # finished: not to be finished again (by a tick) when the loop moves on
             wd.samples = Counter()
             wd.seen_start = -1.0
-        if not wd.cuts and duration > settings.site_threshold:
-            self._cut_prone(probe, wd)
+        if duration > settings.site_threshold:
+            wd.cut_looks.append(end)
+            if wd.cuts:
+                wd.exact_until = max(wd.exact_until, end + _EXACT_FOR)
+            elif len(wd.cut_looks) == _CUT_EVIDENCE and end - wd.cut_looks[0] < _CUT_WINDOW:
+                self._cut_prone(probe, wd, end)
         if duration <= settings.threshold:
             if duration > settings.site_threshold:
                 self._cut(probe, start, end, cpu_end, reference, samples, settings)
