@@ -297,9 +297,7 @@ class _Handler:
         self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Coroutine[Any, Any, Any]:
         pool = _pools.thread_pool(self.options.max_workers)
-        if self.is_async:
-            return _async_in_thread(pool, wrapped, args, kwargs)
-        return _in_thread(pool, wrapped, args, kwargs)
+        return self._thread_like(pool, wrapped, args, kwargs)
 
     # -- process --------------------------------------------------------------
 
