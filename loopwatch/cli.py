@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sample-interval", type=_seconds, metavar="S", dest="sample_interval",
                      help="seconds between stack samples of a blocking loop (default 0.002)")
     run.add_argument("--json", metavar="OUT", help="write the report as JSON to OUT")
+    _add_export_flags(run)
     run.add_argument("--mode", choices=("report", "log"), default=None,
                      help="log: also log each block as it happens")
     run.add_argument("--deadman", action="store_true", default=None,
@@ -68,11 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="script.py [args ...]")
 
-    report = commands.add_parser("report", help="print a report saved with --json")
+    report = commands.add_parser(
+        "report", help="print a report saved with --json (and export it)",
+        description="Print a report saved with run --json; optionally export its stacks.",
+    )
     report.add_argument("path", metavar="OUT.json")
+    _add_export_flags(report)
 
     commands.add_parser("demo", help="run a short program that blocks in several ways")
     return parser
+
+
+def _add_export_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--speedscope", metavar="OUT",
+                        help="write the blocks' stacks for speedscope (speedscope.app) to OUT")
+    parser.add_argument("--collapsed", metavar="OUT",
+                        help="write the blocks' stacks as collapsed lines (flamegraph.pl, "
+                        "inferno) to OUT, weighted in microseconds")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "report":
-            return _report(args.path)
+            return _report(args)
         from loopwatch.demo import main as demo_main
 
         return demo_main()
@@ -91,21 +104,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _report(path: str) -> int:
-    from loopwatch.console import print_summary
+def _report(args: argparse.Namespace) -> int:
+    from loopwatch.console import print_report
 
+    path = args.path
+    _check_outputs(args)
     try:
         report = Report.load(path)
     except FileNotFoundError:
         raise _UsageError(f"no such report file: {path}")
     except (ValueError, KeyError, TypeError) as error:
         raise _UsageError(f"{path} is not a loopwatch JSON report ({error})")
-    print_summary(report, file=sys.stdout)
+    print_report(report, file=sys.stdout)
+    _write_outputs(report, args)
     return 0
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    for path in (getattr(args, "json", None), args.speedscope, args.collapsed):
+        if path:
+            _check_writable(path)
+
+
+def _write_outputs(report: Report, args: argparse.Namespace) -> None:
+    """Write every file asked for; one that fails does not stop the others."""
+    from loopwatch.export import write_collapsed, write_speedscope
+
+    writers = [
+        (getattr(args, "json", None), report.save),
+        (args.speedscope, lambda path: write_speedscope(report, path)),
+        (args.collapsed, lambda path: write_collapsed(report, path)),
+    ]
+    failed = []
+    for path, write in writers:
+        if not path:
+            continue
+        try:
+            write(path)
+        except OSError as error:
+            failed.append(f"cannot write {path}: {error.strerror or error}")
+    if failed:
+        raise _UsageError("; ".join(failed))
+
+
 def _run(args: argparse.Namespace) -> int:
-    from loopwatch.console import print_summary
+    from loopwatch.console import print_report
 
     if args.module is None and not args.argv:
         raise _UsageError("run needs a script (run script.py) or a module (run -m module)")
@@ -124,15 +167,17 @@ def _run(args: argparse.Namespace) -> int:
         if not os.path.isfile(target):
             raise _UsageError(f"script not found: {target}")
         target = os.path.abspath(target)
-    if args.json:
-        _check_writable(args.json)
+    _check_outputs(args)
 
     status = _execute(session, target, script_args, is_module=args.module is not None)
     report = session.report()
     if not args.quiet:
-        print_summary(report, file=sys.stderr)
-    if args.json:
-        report.save(args.json)
+        print_report(report, file=sys.stderr)
+    try:
+        _write_outputs(report, args)
+    except _UsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return status or 1
     return status
 
 

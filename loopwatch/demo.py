@@ -20,6 +20,7 @@ import urllib.request
 from typing import Any
 
 import loopwatch
+from loopwatch.console import print_report
 
 THRESHOLD = 0.05
 
@@ -119,10 +120,12 @@ def main() -> int:
             # unsynced writes from earlier: the fsync below has to wait for all of them
             log.write(os.urandom(1 << 20) * 96)
         try:
-            loopwatch.run(service(url, blob, log_path), threshold=THRESHOLD)
+            with loopwatch.watch(threshold=THRESHOLD) as session:
+                asyncio.run(service(url, blob, log_path))
         finally:
             server.shutdown()
             server.server_close()
+    print_report(session.report())
     return 0
 
 

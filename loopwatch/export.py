@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from os import PathLike
 from typing import Any, Literal
 
-from loopwatch.console import short_path
+from loopwatch.console import short_path, short_site
 from loopwatch.model import Block, Frame, Report
 
 SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
@@ -50,9 +50,9 @@ def _weighted_stacks(block: Block) -> Iterator[tuple[tuple[Frame, ...], int, flo
 
 
 def _profile_name(block: Block) -> str:
-    where = block.site or "no stack"
+    where = f"{block.function or '?'} ({short_site(block.site)})" if block.site else "no stack"
     task = f", task {block.task}" if block.task else ""
-    return f"#{block.id} {block.duration * 1000:.1f} ms {block.kind} at {where}{task}"
+    return f"#{block.id} {block.duration * 1000:.1f} ms {block.kind} in {where}{task}"
 
 
 def to_speedscope(report: Report, *, name: str = "loopwatch") -> dict[str, Any]:

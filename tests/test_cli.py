@@ -44,8 +44,8 @@ def test_run_reports_the_block_and_passes_arguments(tmp_path: Path) -> None:
                        cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "args ['-x', 'y']" in result.stdout
-    assert "loopwatch: 1 block(s) over 50.0 ms" in result.stderr
-    assert "app.py:6  in main" in result.stderr
+    assert "loopwatch: 1 block over 50.0 ms" in result.stderr
+    assert "app.py:6 in main" in result.stderr
     report = json.loads((tmp_path / "out.json").read_text())
     (block,) = report["blocks"]
     assert block["site"].endswith("app.py:6")
@@ -114,8 +114,8 @@ def test_report_renders_a_saved_report(tmp_path: Path) -> None:
               cwd=tmp_path)
     result = loopwatch("report", "out.json", cwd=tmp_path)
     assert result.returncode == 0
-    assert "1 block(s) over 50.0 ms" in result.stdout
-    assert "app.py:6" in result.stdout
+    assert "1 block over 50.0 ms" in result.stdout
+    assert "app.py:6 in main" in result.stdout
 
 
 def test_report_refuses_a_file_that_is_not_a_report(tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ def test_demo_finds_five_kinds_of_block(tmp_path: Path) -> None:
     """The demo blocks five ways and loopwatch names each line."""
     result = loopwatch("demo", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "loopwatch: 5 block(s)" in result.stderr
+    assert "loopwatch: 5 blocks" in result.stderr
     for function in ("rate_limit", "hash_password", "parse_payload", "call_api",
                      "save_audit_log"):
         assert f"in {function}" in result.stderr
