@@ -341,7 +341,7 @@ def _other_stacks(block: Block) -> Text | None:
     total = sum(s.count for s in block.stacks)
     return Text(
         f"+ {_plural(len(block.stacks) - 1, 'other stack')} in {total - main.count} "
-        f"of {total} samples (--speedscope or --collapsed show them all)",
+        f"of {total} samples (a speedscope export shows them all)",
         style="dim",
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -73,6 +74,39 @@ def test_functions_of_an_iteration_name_json_loads(profiler: Profiler) -> None:
         next(s for s in found if s.name == "loads").total, rel=0.2)
     assert "loads" not in names(profiler.functions(second))
     assert "sum" in names(profiler.functions(second))
+
+
+def test_in_an_event_loop_the_blocking_call_tops_the_list(profiler: Profiler) -> None:
+    """Wired as the probe does (after each select), a task's json.loads heads its iteration."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    selector = loop._selector  # type: ignore[attr-defined]
+    select = selector.select
+    stamps: list[tuple[float, int]] = []
+
+    def select_then_begin(timeout: float | None = None) -> Any:
+        events = select(timeout)
+        stamps.append((time.perf_counter(), profiler.begin_iteration()))
+        return events
+
+    async def handler() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        json.loads(BLOB)
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    selector.select = select_then_begin
+    try:
+        loop.run_until_complete(handler())
+    finally:
+        loop.close()
+    _, tag = max((later[0] - earlier[0], earlier[1])
+                 for earlier, later in itertools.pairwise(stamps))
+    found = profiler.functions(tag)
+    assert found[0].name == "JSONDecoder.raw_decode", found[:3]
+    assert "_contextvars.Context.run" not in names(found)
 
 
 def test_c_functions_are_named_with_their_module(profiler: Profiler) -> None:
