@@ -112,6 +112,7 @@ class Profiler:
         self._running = False
         self._profiling = False
         self._stopping = threading.Event()
+        self._hold_until = 0.0
         self._duty_thread: threading.Thread | None = None
         self._saved_clock: str | None = None
 
@@ -219,11 +220,24 @@ class Profiler:
             self._clear(tag)
         return tag
 
+    def hold(self, seconds: float = 0.05) -> None:
+        """Keep yappi on for at least ``seconds`` more (duty cycle only).
+
+        The watchdog calls it while it samples a block, so that a block which
+        began while profiling is profiled whole instead of being cut off by
+        the end of the duty cycle's active part. A hold lasts one window at most.
+        """
+        self._hold_until = max(self._hold_until, perf_counter() + seconds)
+
     def _duty_cycle(self) -> None:
         """The duty thread: yappi on for ``duty * window``, off for the rest, until stop()."""
         on = self.duty * self.window
         off = self.window - on
         while not self._stopping.wait(on):
+            latest = perf_counter() + self.window
+            while (now := perf_counter()) < min(self._hold_until, latest):
+                if self._stopping.wait(min(self._hold_until, latest) - now):
+                    return
             with self._switch_lock:
                 if self._profiling:
                     yappi.stop()

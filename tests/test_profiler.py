@@ -229,6 +229,24 @@ def test_duty_cycle_switches_yappi_off_and_on() -> None:
         profiler.stop()
 
 
+def test_hold_keeps_yappi_on_past_the_active_part() -> None:
+    """hold() (called while a block is sampled) postpones the end of the active part."""
+    profiler = Profiler(duty=0.5, window=0.2)
+    profiler.start()
+    try:
+        started = time.perf_counter()
+        while time.perf_counter() - started < 0.25:
+            profiler.hold(0.1)
+            assert yappi.is_running()
+            time.sleep(0.01)
+        deadline = time.monotonic() + 1
+        while yappi.is_running() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not yappi.is_running()
+    finally:
+        profiler.stop()
+
+
 def test_start_is_idempotent_and_restores_the_clock(profiler: Profiler) -> None:
     """start() twice is harmless; yappi runs on the wall clock while profiling."""
     profiler.start()
