@@ -69,15 +69,24 @@ async def compare(
     base: Callable[[], Awaitable[Any]],
     n: int,
     rounds: int,
-) -> tuple[float, float]:
-    """Median per-call latency of each, measured in interleaved rounds (noise hits both)."""
+) -> tuple[float, float, float]:
+    """Median per-call latency of each, and the median of their ratios round by round.
+
+    Rounds alternate which side goes first, and each ratio compares two runs
+    made back to back: load from other processes mostly hits both alike.
+    """
     await per_call(ours, max(1, n // 10))
     await per_call(base, max(1, n // 10))
     a, b = [], []
-    for _ in range(rounds):
-        a.append(await per_call(ours, n))
-        b.append(await per_call(base, n))
-    return statistics.median(a), statistics.median(b)
+    for i in range(rounds):
+        if i % 2:
+            b.append(await per_call(base, n))
+            a.append(await per_call(ours, n))
+        else:
+            a.append(await per_call(ours, n))
+            b.append(await per_call(base, n))
+    ratio = statistics.median(x / y for x, y in zip(a, b, strict=True))
+    return statistics.median(a), statistics.median(b), ratio
 
 
 async def with_lag(work: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
@@ -119,43 +128,46 @@ def _timed(fn: Callable[[int], Any], n: int) -> float:
     return time.thread_time() - start
 
 
-def row(label: str, ours: float, base: float, base_label: str, aim: str) -> str:
+def row(
+    label: str, result: tuple[float, float, float], base_label: str, aim: str
+) -> str:
+    ours, base, ratio = result
     return (
-        f"{label:<44} {ours * 1e6:9.1f} us   {base_label:<34} {base * 1e6:9.1f} us"
-        f"   ratio {ours / base:5.2f}x  (aim {aim})"
+        f"{label:<32} {ours * 1e6:8.1f} us   {base_label:<30} {base * 1e6:8.1f} us"
+        f"   ratio {ratio:5.2f}x  (aim {aim})"
     )
 
 
 async def latency(quick: bool) -> None:
     # Many short interleaved rounds: a noisy neighbour then hits both sides alike.
-    rounds = 5 if quick else 21
+    rounds = 5 if quick else 41
     loop = asyncio.get_running_loop()
 
-    ours, base = await compare(
-        lambda: thread_trivial(1), lambda: asyncio.to_thread(trivial, 1), 100 if quick else 300,
+    result = await compare(
+        lambda: thread_trivial(1), lambda: asyncio.to_thread(trivial, 1), 100 if quick else 200,
         rounds,
     )
-    print(row('offload("thread")', ours, base, "asyncio.to_thread", "<= 1.1x"))
+    print(row('offload("thread")', result, "asyncio.to_thread", "<= 1.1x"))
 
     with ProcessPoolExecutor(max_workers=os.cpu_count(), mp_context=get_context("spawn")) as ppe:
-        ours, base = await compare(
+        result = await compare(
             lambda: process_trivial(1),
             lambda: loop.run_in_executor(ppe, trivial, 1),
-            50 if quick else 150,
+            50 if quick else 80,
             rounds,
         )
-    print(row('offload("process"), def', ours, base, "run_in_executor(ProcessPool)", "<= 1.2x"))
+    print(row('offload("process"), def', result, "run_in_executor(ProcessPool)", "<= 1.2x"))
 
     import aiomultiprocess
 
     async with aiomultiprocess.Pool(processes=os.cpu_count()) as pool:
-        ours, base = await compare(
+        result = await compare(
             lambda: process_async_trivial(1),
             lambda: pool.apply(async_trivial, (1,)),
-            10 if quick else 40,
-            3,
+            10 if quick else 20,
+            5,
         )
-    print(row('offload("process"), async def', ours, base, "aiomultiprocess.Pool.apply", "<= 0.1x"))
+    print(row('offload("process"), async def', result, "aiomultiprocess.Pool.apply", "<= 0.1x"))
 
 
 async def throughput(quick: bool) -> None:
@@ -209,7 +221,8 @@ async def main(quick: bool) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load:.1f} "
           "at start (throughput ratios need idle CPUs)")
-    print("per-call latency (median of interleaved rounds):")
+    print("per-call latency, sequential awaits (medians over interleaved rounds; the ratio is "
+          "the median of back-to-back pairs):")
     await latency(quick)
     await throughput(quick)
 
