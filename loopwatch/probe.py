@@ -39,8 +39,8 @@ from typing import Any
 
 from loopwatch._log import log_once
 
-#: the loop thread's (CPU seconds, seconds spent runnable but waiting for a CPU)
-Clock = tuple[float, float]
+#: the loop thread's (CPU seconds, seconds spent runnable but waiting for a CPU, where known)
+Clock = tuple[float, "float | None"]
 #: iteration start, end (time.monotonic, the loop's clock), the loop thread's Clock at the
 #: end, the resolution when it is not the probe's own ("tick": the end is approximate),
 #: and (precise mode) the slowest callback of the iteration
@@ -65,29 +65,38 @@ class ThreadClock:
     def __init__(self, thread_id: int, native_id: int | None) -> None:
         self._fd: int | None = None
         self._clock: int | None = None
+        try:
+            self._clock = time.pthread_getcpuclockid(thread_id)
+        except (AttributeError, OSError):  # not on this platform, or the thread is gone
+            self._clock = None
         if native_id is not None:
             try:
                 self._fd = os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY)
                 self.read()
             except OSError:
                 self.close()
-        if self._fd is None:
+
+    def quick(self) -> Clock | None:
+        """CPU time only, without letting go of the GIL (the watchdog reads it every tick:
+        each time it let go, a busy loop thread would take the GIL and make it wait)."""
+        if self._clock is not None:
             try:
-                self._clock = time.pthread_getcpuclockid(thread_id)
-            except (AttributeError, OSError):  # not on this platform, or the thread is gone
+                return time.clock_gettime(self._clock), None
+            except OSError:
                 self._clock = None
+        return self.read()
 
     def read(self) -> Clock | None:
+        """CPU time and run-queue time (reading /proc lets go of the GIL)."""
         if self._fd is not None:
             try:
                 running, queued, _ = os.pread(self._fd, 64, 0).split()
                 return int(running) / 1e9, int(queued) / 1e9
             except (OSError, ValueError):
                 self.close()
-                return None
         if self._clock is not None:
             try:
-                return time.clock_gettime(self._clock), 0.0
+                return time.clock_gettime(self._clock), None
             except OSError:
                 self._clock = None
         return None
@@ -179,6 +188,10 @@ class Probe:
     def cpu_time(self) -> Clock | None:
         """The loop thread's CPU and run-queue seconds so far (readable from any thread)."""
         return self._clock.read()
+
+    def cpu_quick(self) -> Clock | None:
+        """The loop thread's CPU seconds so far, cheaply and without releasing the GIL."""
+        return self._clock.quick()
 
     def alive(self) -> bool:
         loop = self.loop_ref()

@@ -111,6 +111,8 @@ class _Tracking:
     #: the loop has had iterations over the site threshold: watch it closely
     cuts: bool = False
     pinged: float = 0.0
+    #: a reading with run-queue time, taken once the iteration looked like a block
+    queued_from: Clock | None = None
     #: when looks found iterations older than half the site threshold (recent ones)
     cut_looks: deque[float] = field(default_factory=lambda: deque(maxlen=_CUT_EVIDENCE))
     #: the loop is timed on every iteration until then (0.0: it was not switched)
@@ -129,7 +131,8 @@ class _Settings:
 
     @property
     def tick(self) -> float:
-        return self.threshold / 4
+        # Each wake-up costs a busy loop a round trip of the GIL: as few as will do.
+        return self.threshold / 2
 
     @property
     def heartbeat(self) -> float:
@@ -138,27 +141,40 @@ class _Settings:
 
     @property
     def speculate(self) -> float:
-        # Sampling starts before the threshold is crossed so that a block that
-        # ends just past it still has a sample: with ticks every threshold/4, at
-        # least one tick lands in (threshold/2, threshold].
-        return self.threshold / 2
+        # Sampling (and the hook that stamps the end) starts well before the
+        # threshold is crossed, so that a block that ends just past it has been
+        # seen: with ticks every threshold/2, one lands in (threshold/4, threshold].
+        return self.threshold / 4
 
     @property
     def deadman_timeout(self) -> float:
-        return max(self.threshold * 0.6, 0.01)
+        # re-armed every tick (threshold / 2): fires only when the watchdog is stuck
+        return max(self.threshold * 0.9, 0.01)
 
 
 #: Seconds between looks for loops that were already running (new runs are patched).
 _SCAN_EVERY = 1.0
 
 
-def _cpu_ratio(reference: _Reading | None, cpu_end: Clock | None, end: float) -> float | None:
-    """CPU seconds over the seconds the loop thread could have run, between two readings."""
+def _cpu_ratio(
+    reference: _Reading | None,
+    cpu_end: Clock | None,
+    end: float,
+    queued_from: Clock | None = None,
+) -> float | None:
+    """CPU seconds over the seconds the loop thread could have run, between two readings.
+
+    Time spent runnable but waiting for a CPU is neither computing nor waiting:
+    it is left out, counted from the earliest reading that knows it.
+    """
     if reference is None or reference.cpu is None or cpu_end is None:
         return None
     computing = cpu_end[0] - reference.cpu[0]
-    # time spent runnable but waiting for a CPU is neither computing nor waiting
-    could_run = (end - reference.at) - (cpu_end[1] - reference.cpu[1])
+    queued = 0.0
+    base = reference.cpu if reference.cpu[1] is not None else queued_from
+    if cpu_end[1] is not None and base is not None and base[1] is not None:
+        queued = max(0.0, cpu_end[1] - base[1])
+    could_run = (end - reference.at) - queued
     if could_run <= 0:
         return None
     return min(1.0, max(0.0, computing / could_run))
@@ -320,6 +336,9 @@ class _GcTimer:
 #: thread that releases the GIL lets the watchdog in at once).
 _LATE = 0.001
 
+#: Seconds between lag pings to a loop (a heartbeat loop is pinged every tick).
+_PING_EVERY = 0.1
+
 #: Slow iterations (looks at an old iteration, or ended ones) needed within
 #: _CUT_WINDOW seconds before a loop is timed per iteration ("thousand cuts").
 _CUT_EVIDENCE = 3
@@ -472,7 +491,7 @@ class Watchdog:
             self._configure(probe, self._settings)
             _precise.track(loop, probe)
             # A first CPU reading, so that a block in the very first iteration has one.
-            probe.wd = _Tracking(last=_Reading(time.monotonic(), probe.cpu_time()))
+            probe.wd = _Tracking(last=_Reading(time.monotonic(), probe.cpu_quick()))
             self._probes.append(probe)
             if self._settings.deadman:
                 # Armed now, not at the next tick: the loop's first callback may
@@ -525,8 +544,10 @@ class Watchdog:
             heartbeat = heartbeat or probe.resolution == "heartbeat"
             if self._track(probe, frames.get(probe.thread_id), now, settings, flush, late):
                 sampling = True
-            if not flush and now - probe.wd.pinged >= settings.tick:
-                # at most once a tick: each ping wakes the loop
+            if not flush and (
+                probe.resolution == "heartbeat" or now - probe.wd.pinged >= _PING_EVERY
+            ):
+                # Lag pings are few: each wakes the loop, and sending one lets go of the GIL.
                 probe.wd.pinged = now
                 probe.ping(now)
         del frames
@@ -557,7 +578,7 @@ class Watchdog:
         while probe.ended:
             began, ended, clock, resolution, callback = probe.ended.popleft()
             self._finish(probe, began, ended, clock, settings, resolution, callback)
-        cpu = probe.cpu_time()
+        cpu = probe.cpu_quick()
         if start != wd.seen_start:
             if wd.seen_start and wd.samples:
                 # It ended but its end was not stamped (the loop stopped in a
@@ -567,6 +588,7 @@ class Watchdog:
             wd.seen_start = start
             wd.samples = Counter()
             wd.task = wd.coroutine = None
+            wd.queued_from = None
             wd.wakes = 1 if start else 0
             wd.late_wakes = 1 if start and late > _LATE else 0
         elif start:
@@ -590,6 +612,9 @@ class Watchdog:
         if probe.ending:
             return True  # its end is being stamped: what the loop runs now belongs elsewhere
         probe.watch_end(start)
+        if wd.queued_from is None:
+            # Worth a /proc read now that this iteration may be a block.
+            wd.queued_from = probe.cpu_time()
         wd.samples[capture(frame)] += 1
         if wd.task is None:
             loop = probe.loop
@@ -708,7 +733,7 @@ class Watchdog:
                 self._cut(probe, start, end, cpu_end, reference, samples, settings)
             return
         wd.blocks += 1
-        cpu_ratio = _cpu_ratio(reference, cpu_end, end)
+        cpu_ratio = _cpu_ratio(reference, cpu_end, end, wd.queued_from if seen else None)
         weighted: Counter[tuple[Frame, ...]] = Counter()
         for raw, count in samples.items():
             weighted[to_frames(raw)] += count
