@@ -26,6 +26,7 @@ asyncio's ``BaseEventLoop`` and of ``uvloop.Loop`` (new runs), and by
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import itertools
 import os
 import sys
@@ -54,6 +55,20 @@ _RUN_ONCE = _BASE_LOOP.__dict__["_run_once"]
 _RUN_ONCE_CODE = _RUN_ONCE.__code__
 
 
+def _gil_keeping_pread() -> Any:
+    try:
+        libc = ctypes.PyDLL(None)  # PyDLL: calls keep the GIL
+        pread = libc.pread
+    except (OSError, AttributeError):
+        return None
+    pread.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long)
+    pread.restype = ctypes.c_ssize_t
+    return pread
+
+
+_PREAD = _gil_keeping_pread() if sys.platform.startswith("linux") else None
+
+
 class ThreadClock:
     """CPU time of one thread, readable from any thread.
 
@@ -65,6 +80,7 @@ class ThreadClock:
     def __init__(self, thread_id: int, native_id: int | None) -> None:
         self._fd: int | None = None
         self._clock: int | None = None
+        self._buffer = ctypes.create_string_buffer(64)
         try:
             self._clock = time.pthread_getcpuclockid(thread_id)
         except (AttributeError, OSError):  # not on this platform, or the thread is gone
@@ -77,8 +93,22 @@ class ThreadClock:
                 self.close()
 
     def quick(self) -> Clock | None:
-        """CPU time only, without letting go of the GIL (the watchdog reads it every tick:
-        each time it let go, a busy loop thread would take the GIL and make it wait)."""
+        """Like read(), without letting go of the GIL.
+
+        The watchdog reads it every tick; each time it let go of the GIL, a
+        busy loop thread would take it and make the watchdog wait for it back,
+        a round trip the loop pays for. libc's pread called through
+        ``ctypes.PyDLL`` keeps the GIL; where that is not available, only the
+        CPU clock is read.
+        """
+        if self._fd is not None and _PREAD is not None:
+            got = _PREAD(self._fd, self._buffer, 64, 0)
+            if got > 0:
+                try:
+                    running, queued, _ = self._buffer.raw[:got].split()
+                    return int(running) / 1e9, int(queued) / 1e9
+                except ValueError:
+                    pass
         if self._clock is not None:
             try:
                 return time.clock_gettime(self._clock), None

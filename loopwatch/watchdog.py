@@ -652,22 +652,30 @@ class Watchdog:
     def _stalled(self, late: float) -> None:
         """The watchdog could not run for longer than the threshold.
 
-        Some thread held the GIL (a C call such as json.loads), or the machine
-        is overloaded. If a loop's iteration ended during the stall, its block
-        was never seen: from now on such loops are timed on every iteration,
-        which costs a little per iteration but misses nothing.
+        If a loop thread kept computing meanwhile, it held the GIL (a C call
+        such as json.loads), and if its iteration ended during the stall the
+        block was never seen: such loops are timed on every iteration for a
+        while, which costs a little per iteration but misses nothing. If the
+        loop thread hardly ran either, the whole process was starved of CPU:
+        nothing to learn there.
         """
         now = time.monotonic()
         for probe in self._probes:
-            if isinstance(probe, SelectorProbe) and not probe.exact and not probe.want_exact:
-                self._go_exact(probe, probe.wd, now)
-                message = (
-                    f"the watchdog could not run for {late * 1000:.0f} ms (a C call holding "
-                    f"the GIL, or an overloaded machine): {probe.label} is now timed on "
-                    "every iteration so that no block goes unseen"
-                )
-                logger.info(message)
-                self._broadcast_event(message)
+            if not isinstance(probe, SelectorProbe) or probe.exact or probe.want_exact:
+                continue
+            before, cpu = probe.wd.last, probe.cpu_quick()
+            if before is None or before.cpu is None or cpu is None:
+                continue
+            if cpu[0] - before.cpu[0] < 0.5 * late:
+                continue
+            self._go_exact(probe, probe.wd, now)
+            message = (
+                f"the watchdog could not run for {late * 1000:.0f} ms while "
+                f"{probe.label} kept computing (a C call holding the GIL?): the loop is "
+                "timed on every iteration for a while, so that no block goes unseen"
+            )
+            logger.info(message)
+            self._broadcast_event(message)
 
     @staticmethod
     def _account_busy(wd: _Tracking, now: float, elapsed: float, busy: bool) -> None:
