@@ -158,7 +158,12 @@ async def latency(quick: bool) -> None:
         )
     print(row('offload("process"), def', result, "run_in_executor(ProcessPool)", "<= 1.2x"))
 
-    import aiomultiprocess
+    try:
+        import aiomultiprocess
+    except ImportError:
+        print('offload("process"), async def: aiomultiprocess is not installed, no baseline '
+              "(pip install aiomultiprocess)")
+        return
 
     async with aiomultiprocess.Pool(processes=os.cpu_count()) as pool:
         result = await compare(
