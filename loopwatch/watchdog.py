@@ -101,6 +101,9 @@ class _Tracking:
     #: late means another thread (the loop, in this iteration) held the GIL
     wakes: int = 0
     late_wakes: int = 0
+    #: and how long those waits were, from when the watchdog first looked
+    late_time: float = 0.0
+    watch_from: float = 0.0
     #: time-weighted busy share: whole run, and per 1-second window
     looked: float = 0.0
     busy: float = 0.0
@@ -591,9 +594,13 @@ class Watchdog:
             wd.queued_from = None
             wd.wakes = 1 if start else 0
             wd.late_wakes = 1 if start and late > _LATE else 0
+            # of the wait before this look, only what overlaps the iteration counts
+            wd.late_time = min(late, now - start) if start else 0.0
+            wd.watch_from = now - wd.late_time
         elif start:
             wd.wakes += 1
             wd.late_wakes += late > _LATE
+            wd.late_time += late
         if not flush and wd.last is not None:
             self._account_busy(wd, now, now - wd.last.at, bool(start))
         wd.last = _Reading(now, cpu)
@@ -749,7 +756,13 @@ class Watchdog:
             weighted[frames] += weight
         frames, site_frame = self._choose_site(weighted)
         kind = classify(cpu_ratio)
-        gil_held = wd.late_wakes / wd.wakes if seen and wd.wakes else None
+        gil_held = None
+        if seen and wd.wakes:
+            # Many short waits (pure Python: the GIL comes back every 5 ms) or one
+            # long one (a single C call holding it throughout) both mean "held".
+            by_count = wd.late_wakes / wd.wakes
+            by_time = wd.late_time / (end - wd.watch_from) if end > wd.watch_from else 0.0
+            gil_held = min(1.0, max(by_count, by_time))
         gc_time = self._gc.time_in(probe.thread_id, start, end)
         if dumps and site_frame is not None and any(
             site_frame in frames_ for frames_, _ in dumps
