@@ -12,9 +12,11 @@ The public names are loaded on first use, so that importing loopwatch (as
 pytest does for every run, to find the plugin) costs next to nothing.
 """
 
+import sys as _sys
 from importlib import import_module as _import_module
 from importlib.metadata import PackageNotFoundError as _NotInstalled
 from importlib.metadata import version as _version
+from types import ModuleType as _ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,7 +41,6 @@ _HOMES = {
     "Report": "loopwatch.model",
     "Session": "loopwatch.session",
     "Site": "loopwatch.model",
-    "offload": "loopwatch.offload",
     "run": "loopwatch.session",
     "watch": "loopwatch.session",
 }
@@ -59,6 +60,28 @@ __all__ = [
     "run",
     "watch",
 ]
+
+
+class _Package(_ModuleType):
+    """The loopwatch module: ``loopwatch.offload`` is the decorator, always.
+
+    ``loopwatch.offload`` is also the name of the subpackage that implements
+    it, and importing a subpackage sets the parent's attribute to the module.
+    This property takes that assignment and keeps answering with the decorator.
+    """
+
+    @property
+    def offload(self) -> Any:
+        from loopwatch.offload import offload as decorator
+
+        return decorator
+
+    @offload.setter
+    def offload(self, module: Any) -> None:
+        pass  # the import system announcing the subpackage: it stays in sys.modules
+
+
+_sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--deadman", action="store_true", default=None,
                      help="also use faulthandler to see inside C calls that hold the GIL "
                      "(see the README before using it on an overloaded machine)")
+    run.add_argument("--precise", action="store_true", default=None,
+                     help="time every callback, so blocks name the callback or task step")
+    run.add_argument("--profile", action="store_true", default=None,
+                     help="run yappi too, so blocks list the functions (C ones too) that ran; "
+                     "slows the program down several times")
     run.add_argument("--quiet", action="store_true", help="do not print the report")
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="script.py [args ...]")
@@ -153,7 +158,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.module is None and not args.argv:
         raise _UsageError("run needs a script (run script.py) or a module (run -m module)")
     options: dict[str, Any] = {"threshold": args.threshold, "deadman": args.deadman,
-                               "sample_interval": args.sample_interval, "mode": args.mode}
+                               "sample_interval": args.sample_interval, "mode": args.mode,
+                               "precise": args.precise, "profile": args.profile}
     try:
         session = watch(**options)
     except ConfigError as error:

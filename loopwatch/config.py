@@ -43,7 +43,9 @@ class Config:
     precise: bool = False
     """Also time each callback and task step (costs more per callback)."""
     profile: bool = False
-    """Run yappi while watching (heaviest mode)."""
+    """Run yappi while watching, so blocks name the functions (C ones too) that ran."""
+    profile_duty: float = 1.0
+    """Share of each second yappi runs in profile mode (below 1 bounds its cost)."""
     include: tuple[str, ...] = ()
     """fnmatch patterns of files that count as user code even if installed."""
     exclude: tuple[str, ...] = ()
@@ -146,7 +148,7 @@ def _parse(name: str, raw: Any, source: str) -> Any:
         return raw
     text = raw.strip()
     try:
-        if name in ("threshold", "sample_interval", "site_threshold"):
+        if name in ("threshold", "sample_interval", "site_threshold", "profile_duty"):
             return float(text)
         if name == "max_blocks":
             return int(text)
@@ -166,6 +168,7 @@ _ALLOWED = {
     "sample_interval": "expected a number of seconds > 0 and smaller than the threshold",
     "site_threshold": "expected a number of seconds > 0 and not above the threshold",
     "max_blocks": "expected a whole number >= 1",
+    "profile_duty": "expected a share of time > 0 and <= 1, e.g. 0.2",
     "precise": "expected true or false",
     "profile": "expected true or false",
     "deadman": "expected true or false",
@@ -212,6 +215,8 @@ def _validate(config: Config, source: str) -> None:
         or config.max_blocks < 1
     ):
         raise _bad("max_blocks", config.max_blocks, source)
+    if not _seconds(config.profile_duty) or config.profile_duty > 1:
+        raise _bad("profile_duty", config.profile_duty, source)
     for flag in ("precise", "profile", "deadman"):
         if not isinstance(getattr(config, flag), bool):
             raise _bad(flag, getattr(config, flag), source)

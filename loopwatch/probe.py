@@ -44,8 +44,8 @@ from loopwatch._log import log_once
 Clock = tuple[float, "float | None"]
 #: iteration start, end (time.monotonic, the loop's clock), the loop thread's Clock at the
 #: end, the resolution when it is not the probe's own ("tick": the end is approximate),
-#: and (precise mode) the slowest callback of the iteration
-Ended = tuple[float, float, "Clock | None", "str | None", "str | None"]
+#: (precise mode) the slowest callback of the iteration, and (profile mode) its profiler tag
+Ended = tuple[float, float, "Clock | None", "str | None", "str | None", int]
 
 _ENDED_KEEP = 4096
 _LAGS_KEEP = 4096
@@ -180,6 +180,9 @@ class Probe:
         self.loop_ref = weakref.ref(loop)
         self.thread_id = thread_id
         self.label = f"{type(loop).__name__}#{next(_loop_numbers)} ({_thread_name(thread_id)})"
+        #: profile mode: the profiler, and the current iteration's tag
+        self.profiler: Any = None
+        self.tag = 0
         #: precise mode: the slowest callback of the current iteration (seconds, handle)
         self.slowest: tuple[float, Any] | None = None
         #: True while the loop has left an iteration whose end is about to be stamped
@@ -394,7 +397,7 @@ class SelectorProbe(Probe):
                 if probe._end_armed_for is armed_for:
                     # Record first, disarm second: the watchdog may look in between
                     # (reading the clock releases the GIL) and must still see it armed.
-                    probe.ended.append((start, time.monotonic(), probe.cpu_time(), None, None))
+                    probe.ended.append((start, time.monotonic(), probe.cpu_time(), None, None, 0))
                     probe._end_armed_for = None
             return select(timeout)
 
@@ -407,7 +410,7 @@ class SelectorProbe(Probe):
             with self._end_lock:
                 if self._end_armed_for is armed_for:
                     # It ended a moment ago, between our look and the hook.
-                    self.ended.append((start, time.monotonic(), self.cpu_time(), "tick", None))
+                    self.ended.append((start, time.monotonic(), self.cpu_time(), "tick", None, 0))
                     self._end_armed_for = None
 
     @staticmethod
@@ -427,14 +430,14 @@ class SelectorProbe(Probe):
     def run_ended(self) -> None:
         now = time.monotonic()
         if self.exact and self.iter_start:
-            self.ended.append((self.iter_start, now, self.cpu_time(), None, None))
+            self.ended.append((self.iter_start, now, self.cpu_time(), None, None, self.tag))
             self.iter_start = 0.0
         with self._end_lock:
             if self._end_armed_for is not None:
                 hook = self._selector.__dict__.get("select")
                 if getattr(hook, "__name__", "") == "select_once":
                     del self._selector.select
-                self.ended.append((self._end_armed_start, now, self.cpu_time(), None, None))
+                self.ended.append((self._end_armed_start, now, self.cpu_time(), None, None, 0))
                 self._end_armed_for = None
         self._frame = None
         super().run_ended()
@@ -471,10 +474,14 @@ def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[.
             if busy > _probe.slow_threshold:
                 # After marking the iteration over: reading the CPU clock may let the
                 # watchdog in, and it must not sample this bookkeeping as the block.
-                _probe.ended.append((start, now, _cpu(), None, _probe.slowest_callback()))
+                _probe.ended.append(
+                    (start, now, _cpu(), None, _probe.slowest_callback(), _probe.tag)
+                )
             _probe.slowest = None
         events = _select(timeout)
         _probe.iter_start = _clock()
+        if _probe.profiler is not None:
+            _probe.tag = _probe.profiler.begin_iteration()
         return events
 
     return watched_select
@@ -504,13 +511,13 @@ class HeartbeatProbe(Probe):
         self.iterations += 1  # type: ignore[operator]
         self.busy += lag
         if lag > self.slow_threshold:
-            self.ended.append((sent, now, self.cpu_time(), None, None))
+            self.ended.append((sent, now, self.cpu_time(), None, None, 0))
 
     def run_ended(self) -> None:
         if self._ping_sent:
             now = time.monotonic()
             if now - self._ping_sent > self.slow_threshold:
-                self.ended.append((self._ping_sent, now, self.cpu_time(), None, None))
+                self.ended.append((self._ping_sent, now, self.cpu_time(), None, None, 0))
         super().run_ended()
 
 

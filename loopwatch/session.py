@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from loopwatch._log import block_logger, log_once
 from loopwatch.config import Config
 from loopwatch.errors import LoopBlockedError
-from loopwatch.model import Block, LoopStats, Report, SiteAccumulator
+from loopwatch.model import Block, FunctionStat, LoopStats, Report, SiteAccumulator
 from loopwatch.watchdog import WATCHDOG, Cut
 
 #: The site of slow iterations that no stack sample caught.
@@ -126,8 +126,14 @@ class Session:
             WATCHDOG.flush()
         with self._lock:
             sites = sorted((a.freeze() for a in self._sites.values()), key=lambda s: -s.total)
+            functions: tuple[FunctionStat, ...] = ()
+            if self.config.profile:
+                from loopwatch.profiler import Profiler
+
+                functions = Profiler.aggregate(self._blocks)
             return Report(
                 threshold=self.config.threshold,
+                functions=functions,
                 blocks=tuple(self._blocks),
                 sites=tuple(sites),
                 loops=tuple(self._loops.values()),
@@ -228,7 +234,7 @@ def run(
     >>> loopwatch.run(main(), threshold=0.05, file=open("/dev/null", "w"))
     42
     """
-    from loopwatch.console import print_summary
+    from loopwatch.console import print_report
 
     coro = main() if callable(main) else main
     session = watch(**options)
@@ -236,4 +242,4 @@ def run(
         with session:
             return asyncio.run(coro)  # type: ignore[arg-type]
     finally:
-        print_summary(session.report(), file=file if file is not None else sys.stderr)
+        print_report(session.report(), file=file if file is not None else sys.stderr)

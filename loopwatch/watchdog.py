@@ -33,7 +33,16 @@ from typing import Any, Protocol
 from loopwatch import _precise
 from loopwatch._log import log_once, logger
 from loopwatch.config import Config
-from loopwatch.model import Block, Frame, LoopStats, Stack, advise, classify, percentile
+from loopwatch.model import (
+    Block,
+    Frame,
+    FunctionStat,
+    LoopStats,
+    Stack,
+    advise,
+    classify,
+    percentile,
+)
 from loopwatch.probe import (
     Clock,
     Discovery,
@@ -129,6 +138,8 @@ class _Settings:
     sample_interval: float
     deadman: bool
     precise: bool
+    profile: bool
+    profile_duty: float
     include: tuple[str, ...]
     exclude: tuple[str, ...]
 
@@ -371,6 +382,7 @@ class Watchdog:
         self.listeners: list[Callable[[Block], None]] = []
         self._last_scan = 0.0
         self._gc = _GcTimer()
+        self._profiler: Any = None
 
     # -- subscription ---------------------------------------------------------
 
@@ -410,6 +422,7 @@ class Watchdog:
             self._discovery.remove()
             self._gc.remove()
             _precise.remove()
+            self._set_profiler(None)
             for probe in self._probes:
                 probe.detach()
             self._probes = []
@@ -458,6 +471,8 @@ class Watchdog:
             sample_interval=min(c.sample_interval for c in configs),
             deadman=any(c.deadman for c in configs),
             precise=any(c.precise for c in configs),
+            profile=any(c.profile for c in configs),
+            profile_duty=max((c.profile_duty for c in configs if c.profile), default=1.0),
             include=tuple(sorted({p for c in configs for p in c.include})),
             exclude=tuple(sorted({p for c in configs for p in c.exclude})),
         )
@@ -467,6 +482,7 @@ class Watchdog:
         ):
             self._user_code = UserCode(settings.include, settings.exclude)
         self._settings = settings
+        self._set_profiler(settings)
         for probe in self._probes:
             self._configure(probe, settings)
         if settings.precise:
@@ -476,12 +492,32 @@ class Watchdog:
         if not settings.deadman:
             self._deadman.stop()
 
-    @staticmethod
-    def _configure(probe: Probe, settings: _Settings) -> None:
+    def _set_profiler(self, settings: _Settings | None) -> None:
+        """Start yappi when a session asks for profile mode, stop it when none does."""
+        wanted = settings is not None and settings.profile
+        if wanted and self._profiler is None:
+            from loopwatch.profiler import Profiler  # yappi only when asked for
+
+            assert settings is not None
+            self._profiler = Profiler(
+                duty=settings.profile_duty, keep_over=settings.threshold / 2
+            )
+            self._profiler.start()
+            if self._profiler.problem:
+                self._broadcast_event(self._profiler.problem)
+        elif not wanted and self._profiler is not None:
+            self._profiler.stop()
+            self._profiler = None
+            for probe in self._probes:
+                probe.profiler = None
+
+    def _configure(self, probe: Probe, settings: _Settings) -> None:
         # Below the block threshold, iterations still count towards per-site totals.
         probe.slow_threshold = settings.site_threshold
-        if settings.precise and isinstance(probe, SelectorProbe) and not probe.exact:
-            probe.go_exact()
+        running = self._profiler is not None and self._profiler.running
+        probe.profiler = self._profiler if running else None
+        if (settings.precise or running) and isinstance(probe, SelectorProbe) and not probe.exact:
+            probe.go_exact()  # both need to know where each iteration begins
 
     def _on_loop(self, loop: asyncio.AbstractEventLoop, thread_id: int | None = None) -> None:
         with self._lock:
@@ -492,6 +528,10 @@ class Watchdog:
                     return
             probe = make_probe(loop, thread_id or threading.get_ident())
             self._configure(probe, self._settings)
+            if isinstance(probe, SelectorProbe) and probe.want_exact and thread_id is None:
+                # In the loop's own thread, before its first iteration: switch now,
+                # or that iteration would go untimed.
+                probe.busy_since(None, time.monotonic(), 0.0)
             _precise.track(loop, probe)
             # A first CPU reading, so that a block in the very first iteration has one.
             probe.wd = _Tracking(last=_Reading(time.monotonic(), probe.cpu_quick()))
@@ -579,8 +619,8 @@ class Watchdog:
         if start == wd.done:
             start = 0.0  # a stale look at an iteration already finished
         while probe.ended:
-            began, ended, clock, resolution, callback = probe.ended.popleft()
-            self._finish(probe, began, ended, clock, settings, resolution, callback)
+            began, ended, clock, resolution, callback, tag = probe.ended.popleft()
+            self._finish(probe, began, ended, clock, settings, resolution, callback, tag)
         cpu = probe.cpu_quick()
         if start != wd.seen_start:
             if wd.seen_start and wd.samples:
@@ -611,7 +651,7 @@ class Watchdog:
             wd.cut_looks.append(now)
             if len(wd.cut_looks) == _CUT_EVIDENCE and now - wd.cut_looks[0] < _CUT_WINDOW:
                 self._cut_prone(probe, wd, now)
-        if wd.exact_until and now > wd.exact_until and not settings.precise:
+        if wd.exact_until and now > wd.exact_until and not (settings.precise or settings.profile):
             self._calm(probe, wd)
         speculate = settings.site_threshold / 2 if wd.cuts else settings.speculate
         if not start or flush or age <= speculate or frame is None:
@@ -622,6 +662,8 @@ class Watchdog:
         if wd.queued_from is None:
             # Worth a /proc read now that this iteration may be a block.
             wd.queued_from = probe.cpu_time()
+        if probe.profiler is not None:
+            probe.profiler.hold()  # a block being watched is profiled to its end
         wd.samples[capture(frame)] += 1
         if wd.task is None:
             loop = probe.loop
@@ -722,6 +764,7 @@ class Watchdog:
         settings: _Settings,
         resolution: str | None = None,
         callback: str | None = None,
+        tag: int = 0,
     ) -> None:
         wd: _Tracking = probe.wd
         if start == wd.done:
@@ -790,8 +833,19 @@ class Watchdog:
             advice=advise(kind, gil_held, gc_time > 0.5 * duration),
             gil_held=gil_held,
             gc_time=gc_time,
+            functions=self._functions(tag),
         )
         self._dispatch(block, end)
+
+    def _functions(self, tag: int) -> tuple[FunctionStat, ...]:
+        profiler = self._profiler
+        if not tag or profiler is None:
+            return ()
+        try:
+            return profiler.functions(tag)  # type: ignore[no-any-return]
+        except Exception:
+            log_once("profiler-functions", "loopwatch could not read yappi's results for a block")
+            return ()
 
     def _cut(
         self,

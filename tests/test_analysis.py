@@ -207,3 +207,41 @@ def test_precise_mode_is_removed_afterwards() -> None:
 
     watch_run(main, precise=True)
     assert asyncio.events.Handle.__dict__["_run"] is original
+
+
+def test_profile_mode_names_the_functions_of_a_gil_holding_block() -> None:
+    """profile=True: a json.loads block lists json's loads and the decoder that ran."""
+    blob = json_blob()
+
+    async def main() -> None:
+        await asyncio.sleep(0.01)
+        json.loads(blob)
+        await asyncio.sleep(0.01)
+
+    report = watch_run(main, profile=True)
+    (block,) = report.blocks
+    names = {f.name for f in block.functions}
+    assert "loads" in names
+    assert "JSONDecoder.raw_decode" in names
+    heaviest = block.functions[0]
+    assert heaviest.name == "JSONDecoder.raw_decode"
+    assert heaviest.own > 0.5 * block.duration
+    assert report.functions and report.functions[0].name == "JSONDecoder.raw_decode"
+
+
+def test_profile_mode_leaves_yappi_off_afterwards() -> None:
+    """Leaving a profile session stops yappi and clears its results."""
+    import yappi
+
+    async def main() -> None:
+        await asyncio.sleep(0)
+
+    watch_run(main, profile=True)
+    assert not yappi.is_running()
+    assert yappi.get_func_stats().empty()
+
+
+def test_bad_profile_duty_is_refused() -> None:
+    """profile_duty must be a share of time in (0, 1]."""
+    with pytest.raises(ValueError, match="invalid loopwatch profile_duty 2"):
+        loopwatch.watch(profile=True, profile_duty=2)
