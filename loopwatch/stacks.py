@@ -31,8 +31,23 @@ def capture(frame: FrameType | None) -> RawStack:
     return tuple(out)
 
 
+_OWN = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_DEMO = _OWN + "demo.py"
+
+
 def to_frames(raw: RawStack) -> tuple[Frame, ...]:
-    return tuple(Frame(code.co_filename, line or 0, code.co_name) for code, line in raw)
+    """Frames, innermost last, without loopwatch's own innermost ones.
+
+    A sample can land inside loopwatch (its garbage-collection callback runs
+    in whatever thread collects): that is not what the program was doing.
+    """
+    end = len(raw)
+    while end > 0:
+        filename = raw[end - 1][0].co_filename
+        if not filename.startswith(_OWN) or filename == _DEMO:
+            break
+        end -= 1
+    return tuple(Frame(code.co_filename, line or 0, code.co_name) for code, line in raw[:end])
 
 
 def _library_roots() -> tuple[str, ...]:
