@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
 import statistics
 import sys
 import time
@@ -118,9 +119,55 @@ def _debug(work: Workload, n: int) -> float:
 MODES: dict[str, Callable[[Workload, int], float]] = {
     "bare asyncio": _bare,
     "watch() default": _watched({}),
-    "watch(deadman=True)": _watched({"deadman": True}),
     "watch(precise=True)": _watched({"precise": True}),
+    "watch(profile=True)": _watched({"profile": True}),
+    "watch(profile, duty 0.2)": _watched({"profile": True, "profile_duty": 0.2}),
 }
+#: Modes that take many times longer: measured in the first few rounds only.
+HEAVY = frozenset({"watch(profile=True)", "watch(profile, duty 0.2)"})
+HEAVY_ROUNDS = 3
+
+
+def compare(
+    modes: dict[str, Callable[[Workload, int], float]],
+    *,
+    rounds: int,
+    scale: float = 1.0,
+    heavy: frozenset[str] = frozenset(),
+    heavy_rounds: int = 3,
+    debug: bool = True,
+) -> None:
+    """Run every workload under every mode, interleaved, and print the table.
+
+    The first mode is the baseline. Modes in ``heavy`` run in the first
+    ``heavy_rounds`` rounds only.
+    """
+    baseline = next(iter(modes))
+    width = max(24, *(len(mode) for mode in modes))
+    for name, work, size in WORKLOADS:
+        n = max(1, int(size * scale))
+        times: dict[str, list[float]] = {mode: [] for mode in modes}
+        modes[baseline](work, max(1, n // 10))  # warm-up: imports, first-loop costs
+        for round_ in range(rounds):
+            order = list(modes)
+            shift = round_ % len(order)  # rotate so no mode always runs first
+            for mode in order[shift:] + order[:shift]:
+                if mode in heavy and round_ >= heavy_rounds:
+                    continue
+                gc.collect()
+                times[mode].append(modes[mode](work, n))
+        best_base = min(times[baseline])
+        median_base = statistics.median(times[baseline])
+        print(f"\n{name} (n={n:,})")
+        for mode, values in times.items():
+            best, median = min(values), statistics.median(values)
+            note = f"   ({len(values)} rounds)" if mode in heavy else ""
+            print(f"  {mode:<{width}} best {best:7.3f} s  {best / best_base:6.3f}x   "
+                  f"median {median:7.3f} s  {median / median_base:6.3f}x{note}")
+        if debug:
+            slow = _debug(work, max(1, n // 10)) * 10
+            print(f"  {'asyncio debug mode':<{width}} ~    {slow:7.3f} s  "
+                  f"{slow / best_base:6.3f}x   (1 round at 1/10 size, scaled)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,32 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-debug", action="store_true", help="skip asyncio debug mode")
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
-    scale = 0.1 if args.quick else 1.0
-
     print(f"loopwatch {loopwatch.__version__}, Python {sys.version.split()[0]}, "
-          f"{rounds} interleaved rounds; ratio = mode / bare asyncio "
-          "(best round, and median round)")
-    for name, work, size in WORKLOADS:
-        n = max(1, int(size * scale))
-        times: dict[str, list[float]] = {mode: [] for mode in MODES}
-        _bare(work, max(1, n // 10))  # warm-up: imports, first-loop costs
-        for round_ in range(rounds):
-            order = list(MODES)
-            shift = round_ % len(order)  # rotate so no mode always runs first
-            for mode in order[shift:] + order[:shift]:
-                gc.collect()
-                times[mode].append(MODES[mode](work, n))
-        best_base = min(times["bare asyncio"])
-        median_base = statistics.median(times["bare asyncio"])
-        print(f"\n{name} (n={n:,})")
-        for mode, values in times.items():
-            best, median = min(values), statistics.median(values)
-            print(f"  {mode:<24} best {best:7.3f} s  {best / best_base:6.3f}x   "
-                  f"median {median:7.3f} s  {median / median_base:6.3f}x")
-        if not args.no_debug:
-            debug = _debug(work, max(1, n // 10)) * 10
-            print(f"  {'asyncio debug mode':<24} ~    {debug:7.3f} s  {debug / best_base:6.3f}x   "
-                  "(1 round at 1/10 size, scaled)")
+          f"load average {os.getloadavg()[0]:.2f}, {rounds} interleaved rounds; "
+          "ratio = mode / bare asyncio (best round, and median round)")
+    compare(MODES, rounds=rounds, scale=0.1 if args.quick else 1.0, heavy=HEAVY,
+            debug=not args.no_debug)
     return 0
 
 

@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
 import os
-import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
@@ -29,7 +25,7 @@ from typing import Any
 import yappi  # type: ignore[import-untyped]
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import WORKLOADS, Workload
+from overhead import Workload, compare
 
 from loopwatch.profiler import Profiler
 
@@ -90,14 +86,6 @@ def _profiler(duty: float, window: float) -> Callable[[Workload, int], float]:
     return measure
 
 
-def _debug(work: Workload, n: int) -> float:
-    with warnings.catch_warnings(), contextlib.redirect_stderr(None):  # type: ignore[type-var]
-        warnings.simplefilter("ignore")
-        start = time.perf_counter()
-        asyncio.run(work(n), debug=True)
-        return time.perf_counter() - start
-
-
 MODES: dict[str, Callable[[Workload, int], float]] = {
     "bare asyncio": _bare,
     "begin_iteration only": _hook_only,
@@ -115,32 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-debug", action="store_true", help="skip asyncio debug mode")
     args = parser.parse_args(argv)
     rounds = 2 if args.quick else args.rounds
-    scale = 0.1 if args.quick else 1.0
-
     print(f"Python {sys.version.split()[0]}, yappi {version('yappi')}, "
           f"load average {os.getloadavg()[0]:.2f}, {rounds} interleaved rounds; "
           "ratio = mode / bare asyncio (best round, and median round)")
-    for name, work, size in WORKLOADS:
-        n = max(1, int(size * scale))
-        times: dict[str, list[float]] = {mode: [] for mode in MODES}
-        _bare(work, max(1, n // 10))  # warm-up
-        for round_ in range(rounds):
-            order = list(MODES)
-            shift = round_ % len(order)
-            for mode in order[shift:] + order[:shift]:
-                gc.collect()
-                times[mode].append(MODES[mode](work, n))
-        best_base = min(times["bare asyncio"])
-        median_base = statistics.median(times["bare asyncio"])
-        print(f"\n{name} (n={n:,})")
-        for mode, values in times.items():
-            best, median = min(values), statistics.median(values)
-            print(f"  {mode:<22} best {best:7.3f} s  {best / best_base:6.2f}x   "
-                  f"median {median:7.3f} s  {median / median_base:6.2f}x")
-        if not args.no_debug:
-            debug = _debug(work, max(1, n // 10)) * 10
-            print(f"  {'asyncio debug mode':<22} ~    {debug:7.3f} s  {debug / best_base:6.2f}x   "
-                  "(1 round at 1/10 size, scaled)")
+    compare(MODES, rounds=rounds, scale=0.1 if args.quick else 1.0, debug=not args.no_debug)
     return 0
 
 

@@ -62,11 +62,11 @@ class Config:
     deadman: bool = False
     """Also use faulthandler to capture stacks inside C calls that hold the GIL.
 
-    Off by default: faulthandler reads other threads' stacks without the GIL,
-    and on a machine so overloaded that the watchdog cannot run for a while,
-    that read can race with running threads and crash the process. Without it,
-    such blocks are still found, and their line comes from the first sample
-    taken as the C call returns."""
+    Off by default, and for debugging sessions only: faulthandler reads other
+    threads' stacks without the GIL, and when it fires while they run Python
+    code (the watchdog was starved of CPU, or a tight loop kept it waiting) the
+    read can crash the process. Without it, such blocks are still found, and
+    their line comes from the first sample taken as the C call returns."""
 
     def __post_init__(self) -> None:
         _validate(self, source="argument")
