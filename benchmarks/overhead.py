@@ -175,12 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15, help="rounds per workload (default 15)")
     parser.add_argument("--quick", action="store_true", help="a tenth of the size, 3 rounds")
     parser.add_argument("--no-debug", action="store_true", help="skip asyncio debug mode")
+    parser.add_argument("--default-only", action="store_true",
+                        help="only bare asyncio and watch() with default settings")
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
+    modes = MODES
+    if args.default_only:
+        modes = {name: MODES[name] for name in ("bare asyncio", "watch() default")}
     print(f"loopwatch {loopwatch.__version__}, Python {sys.version.split()[0]}, "
           f"load average {os.getloadavg()[0]:.2f}, {rounds} interleaved rounds; "
           "ratio = mode / bare asyncio (best round, and median round)")
-    compare(MODES, rounds=rounds, scale=0.1 if args.quick else 1.0, heavy=HEAVY,
+    compare(modes, rounds=rounds, scale=0.1 if args.quick else 1.0, heavy=HEAVY,
             debug=not args.no_debug)
     return 0
 

@@ -579,6 +579,7 @@ class Watchdog:
             self._stalled(late)
         frames = sys._current_frames()
         sampling = False
+        cut_prone = False
         heartbeat = False
         for probe in list(self._probes):
             if not probe.alive():
@@ -587,6 +588,10 @@ class Watchdog:
             heartbeat = heartbeat or probe.resolution == "heartbeat"
             if self._track(probe, frames.get(probe.thread_id), now, settings, flush, late):
                 sampling = True
+            looks = probe.wd.cut_looks
+            # a loop with cuts, or one that just showed a possible cut: gather the
+            # evidence quickly, so that few of a thousand cuts go uncounted
+            cut_prone = cut_prone or probe.wd.cuts or bool(looks and now - looks[-1] < _CUT_WINDOW)
             if not flush and (
                 probe.resolution == "heartbeat" or now - probe.wd.pinged >= _PING_EVERY
             ):
@@ -600,6 +605,10 @@ class Watchdog:
                 self._attach_dump(fired_at, stacks, settings)
         if sampling:
             return settings.sample_interval
+        if cut_prone:
+            # Looking often enough to catch most cuts, not at the block sampler's
+            # pace: every wake-up costs the busy loop a round trip of the GIL.
+            return max(settings.sample_interval, settings.site_threshold / 2)
         return settings.heartbeat if heartbeat else settings.tick
 
     def _track(
@@ -645,9 +654,15 @@ class Watchdog:
             self._account_busy(wd, now, now - wd.last.at, bool(start))
         wd.last = _Reading(now, cpu)
         age = now - start if start else 0.0
-        if start and not flush and age > settings.site_threshold / 2:
+        if (
+            start
+            and not flush
+            and age > settings.site_threshold / 2
+            and self._gc.time_in(probe.thread_id, start, now) < age / 2
+        ):
             # Caught at a random moment, an iteration this old is probably over the
             # site threshold (ages are spread evenly over an iteration's length).
+            # A garbage collection is not the program's cut: it does not count.
             wd.cut_looks.append(now)
             if len(wd.cut_looks) == _CUT_EVIDENCE and now - wd.cut_looks[0] < _CUT_WINDOW:
                 self._cut_prone(probe, wd, now)
@@ -655,7 +670,7 @@ class Watchdog:
             self._calm(probe, wd)
         speculate = settings.site_threshold / 2 if wd.cuts else settings.speculate
         if not start or flush or age <= speculate or frame is None:
-            return wd.cuts and not flush
+            return False
         if probe.ending:
             return True  # its end is being stamped: what the loop runs now belongs elsewhere
         probe.watch_end(start)
@@ -780,7 +795,10 @@ class Watchdog:
             # finished: not to be finished again (by a tick) when the loop moves on
             wd.samples = Counter()
             wd.seen_start = -1.0
-        if duration > settings.site_threshold:
+        if (
+            duration > settings.site_threshold
+            and self._gc.time_in(probe.thread_id, start, end) < duration / 2
+        ):
             wd.cut_looks.append(end)
             if wd.cuts:
                 wd.exact_until = max(wd.exact_until, end + _EXACT_FOR)
