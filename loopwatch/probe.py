@@ -175,7 +175,11 @@ class Probe:
     resolution = "exact"
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, thread_id: int, native_id: int | None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        thread_id: int,
+        native_id: int | None,
+        clock: ThreadClock | None = None,
     ) -> None:
         self.loop_ref = weakref.ref(loop)
         self.thread_id = thread_id
@@ -196,7 +200,9 @@ class Probe:
         self.busy = 0.0
         self.attached_at = time.monotonic()
         self.detached_at: float | None = None
-        self._clock = ThreadClock(thread_id, native_id)
+        # A shared clock belongs to whoever shares it; our own, we close.
+        self._own_clock = clock is None
+        self._clock = clock if clock is not None else ThreadClock(thread_id, native_id)
         #: event-loop lag: how late each of the watchdog's pings ran (seconds)
         self.lags: deque[float] = deque(maxlen=_LAGS_KEEP)
         self._ping_sent = 0.0
@@ -272,7 +278,8 @@ class Probe:
     def detach(self) -> None:
         if self.detached_at is None:
             self.detached_at = time.monotonic()
-        self._clock.close()
+        if self._own_clock:
+            self._clock.close()
 
 
 class SelectorProbe(Probe):
@@ -283,9 +290,10 @@ class SelectorProbe(Probe):
         loop: asyncio.AbstractEventLoop,
         thread_id: int,
         native_id: int | None,
+        clock: ThreadClock | None = None,
         exact: bool = False,
     ) -> None:
-        super().__init__(loop, thread_id, native_id)
+        super().__init__(loop, thread_id, native_id, clock)
         self._selector: Any = loop._selector  # type: ignore[attr-defined]
         select = type(self._selector).select
         self._idle_code = getattr(select, "__code__", None)
@@ -497,9 +505,13 @@ class HeartbeatProbe(Probe):
     resolution = "heartbeat"
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, thread_id: int, native_id: int | None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        thread_id: int,
+        native_id: int | None,
+        clock: ThreadClock | None = None,
     ) -> None:
-        super().__init__(loop, thread_id, native_id)
+        super().__init__(loop, thread_id, native_id, clock)
         self.iterations = 0
 
     def busy_since(self, frame: FrameType | None, now: float, heartbeat: float) -> float:
@@ -521,13 +533,21 @@ class HeartbeatProbe(Probe):
         super().run_ended()
 
 
-def make_probe(loop: asyncio.AbstractEventLoop, thread_id: int) -> Probe:
+def make_probe(
+    loop: asyncio.AbstractEventLoop, thread_id: int, clocks: dict[int, ThreadClock] | None = None
+) -> Probe:
+    """The right probe for this loop; ``clocks`` caches one CPU clock per thread."""
     thread = threading._active.get(thread_id)  # type: ignore[attr-defined]
     native_id = getattr(thread, "native_id", None)
+    clock = None
+    if clocks is not None:
+        clock = clocks.get(thread_id)
+        if clock is None:
+            clock = clocks[thread_id] = ThreadClock(thread_id, native_id)
     selector = getattr(loop, "_selector", None)
     if isinstance(loop, _BASE_LOOP) and callable(getattr(selector, "select", None)):
-        return SelectorProbe(loop, thread_id, native_id)
-    return HeartbeatProbe(loop, thread_id, native_id)
+        return SelectorProbe(loop, thread_id, native_id, clock)
+    return HeartbeatProbe(loop, thread_id, native_id, clock)
 
 
 class Discovery:

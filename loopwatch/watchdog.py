@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from loopwatch.probe import (
     Discovery,
     Probe,
     SelectorProbe,
+    ThreadClock,
     make_probe,
     running_loops,
 )
@@ -383,6 +385,10 @@ class Watchdog:
         self._last_scan = 0.0
         self._gc = _GcTimer()
         self._profiler: Any = None
+        #: the probe of each loop (a test suite makes thousands of loops: no list scans)
+        self._by_loop: weakref.WeakKeyDictionary[Any, Probe] = weakref.WeakKeyDictionary()
+        #: one CPU clock per thread, shared by the loops that thread runs
+        self._clocks: dict[int, ThreadClock] = {}
 
     # -- subscription ---------------------------------------------------------
 
@@ -426,6 +432,10 @@ class Watchdog:
             for probe in self._probes:
                 probe.detach()
             self._probes = []
+            self._by_loop = weakref.WeakKeyDictionary()
+            for clock in self._clocks.values():
+                clock.close()
+            self._clocks = {}
             self._deadman.stop()
             self._deadman.refused = False
             self._settings = None
@@ -523,10 +533,10 @@ class Watchdog:
         with self._lock:
             if self._settings is None:
                 return
-            for probe in self._probes:
-                if probe.loop is loop and probe.alive():
-                    return
-            probe = make_probe(loop, thread_id or threading.get_ident())
+            known = self._by_loop.get(loop)
+            if known is not None and known.alive():
+                return
+            probe = make_probe(loop, thread_id or threading.get_ident(), self._clocks)
             self._configure(probe, self._settings)
             if isinstance(probe, SelectorProbe) and probe.want_exact and thread_id is None:
                 # In the loop's own thread, before its first iteration: switch now,
@@ -536,6 +546,7 @@ class Watchdog:
             # A first CPU reading, so that a block in the very first iteration has one.
             probe.wd = _Tracking(last=_Reading(time.monotonic(), probe.cpu_quick()))
             self._probes.append(probe)
+            self._by_loop[loop] = probe
             if self._settings.deadman:
                 # Armed now, not at the next tick: the loop's first callback may
                 # already be a C call that keeps the watchdog out.
@@ -544,9 +555,9 @@ class Watchdog:
 
     def _on_run_end(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
-            for probe in self._probes:
-                if probe.loop is loop:
-                    probe.run_ended()
+            probe = self._by_loop.get(loop)
+            if probe is not None:
+                probe.run_ended()
 
     # -- the thread -----------------------------------------------------------
 
