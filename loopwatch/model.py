@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from os import PathLike
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 SCHEMA = 1
 
@@ -71,8 +71,23 @@ class Frame:
         return f"{self.file}:{self.line}"
 
 
+_Self = TypeVar("_Self", bound="_Plain")
+
+
+class _Plain:
+    """JSON in and out for a flat dataclass; unknown keys (from a newer schema) are ignored."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    @classmethod
+    def from_dict(cls: type[_Self], data: dict[str, Any]) -> _Self:
+        known = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 @dataclass(frozen=True)
-class FunctionStat:
+class FunctionStat(_Plain):
     """Time spent in one function, from profile mode (yappi): names C functions too."""
 
     name: str
@@ -85,13 +100,6 @@ class FunctionStat:
     """Seconds in the function and what it called."""
     calls: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FunctionStat:
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -187,7 +195,7 @@ class Block:
 
 
 @dataclass(frozen=True)
-class Site:
+class Site(_Plain):
     """All blocks attributed to one source line."""
 
     site: str
@@ -205,17 +213,10 @@ class Site:
     blocks: int = 0
     """How many of ``count`` crossed the block threshold (the rest are thousand cuts)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Site:
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
-class LoopStats:
+class LoopStats(_Plain):
     """What one watched loop did during the session."""
 
     loop: str
@@ -253,15 +254,11 @@ class LoopStats:
         return worst > self.SATURATED
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = super().to_dict()
         data["busy_fraction"] = round(self.busy_fraction, 4)
         data["saturated"] = self.saturated
         return data
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoopStats:
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
