@@ -407,13 +407,39 @@ class SiteAccumulator:
         )
 
 
+class SiteTable:
+    """Per-site accumulators keyed by ``file:line``: one place that groups slow iterations."""
+
+    def __init__(self) -> None:
+        self._sites: dict[str, SiteAccumulator] = {}
+
+    def add(
+        self,
+        site: str,
+        function: str | None,
+        duration: float,
+        cpu_ratio: float | None,
+        gil_held: float | None = None,
+        gc_time: float = 0.0,
+        block: bool = True,
+    ) -> None:
+        acc = self._sites.get(site)
+        if acc is None:
+            acc = self._sites[site] = SiteAccumulator(site, function)
+        acc.add(duration, cpu_ratio, gil_held, gc_time, block)
+
+    def add_block(self, block: Block) -> None:
+        self.add(block.site or "<unknown>", block.function, block.duration, block.cpu_ratio,
+                 block.gil_held, block.gc_time)
+
+    def freeze(self) -> tuple[Site, ...]:
+        """The sites, sorted by total time blocked (largest first)."""
+        return tuple(sorted((a.freeze() for a in self._sites.values()), key=lambda s: -s.total))
+
+
 def aggregate_sites(blocks: Iterable[Block]) -> tuple[Site, ...]:
     """Group blocks by site, sorted by total time blocked (largest first)."""
-    accumulators: dict[str, SiteAccumulator] = {}
+    table = SiteTable()
     for block in blocks:
-        key = block.site or "<unknown>"
-        acc = accumulators.get(key)
-        if acc is None:
-            acc = accumulators[key] = SiteAccumulator(key, block.function)
-        acc.add(block.duration, block.cpu_ratio, block.gil_held, block.gc_time)
-    return tuple(sorted((a.freeze() for a in accumulators.values()), key=lambda s: -s.total))
+        table.add_block(block)
+    return table.freeze()

@@ -173,6 +173,8 @@ class Probe:
     """What the watchdog needs from a watched loop; subclasses fill in how."""
 
     resolution = "exact"
+    #: whether every iteration (or heartbeat) is counted from the start
+    counts_iterations = False
 
     def __init__(
         self,
@@ -195,8 +197,8 @@ class Probe:
         self.ended: deque[Ended] = deque(maxlen=_ENDED_KEEP)
         #: iterations longer than this are recorded in ``ended`` (exact and heartbeat modes)
         self.slow_threshold = 0.05
-        #: iterations counted and busy seconds summed (exact mode only)
-        self.iterations: int | None = None
+        #: iterations counted and busy seconds summed (exact and heartbeat modes only)
+        self.iterations: int | None = 0 if self.counts_iterations else None
         self.busy = 0.0
         self.attached_at = time.monotonic()
         self.detached_at: float | None = None
@@ -503,16 +505,7 @@ class HeartbeatProbe(Probe):
     """
 
     resolution = "heartbeat"
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        thread_id: int,
-        native_id: int | None,
-        clock: ThreadClock | None = None,
-    ) -> None:
-        super().__init__(loop, thread_id, native_id, clock)
-        self.iterations = 0
+    counts_iterations = True
 
     def busy_since(self, frame: FrameType | None, now: float, heartbeat: float) -> float:
         sent = self._ping_sent

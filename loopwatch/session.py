@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from loopwatch._log import block_logger, log_once
 from loopwatch.config import Config
 from loopwatch.errors import LoopBlockedError
-from loopwatch.model import Block, FunctionStat, LoopStats, Report, SiteAccumulator
+from loopwatch.model import Block, FunctionStat, LoopStats, Report, SiteTable
 from loopwatch.watchdog import WATCHDOG, Cut
 
 #: The site of slow iterations that no stack sample caught.
@@ -39,7 +39,7 @@ class Session:
         self.stopped: float | None = None
         self._lock = threading.Lock()
         self._blocks: deque[Block] = deque(maxlen=config.max_blocks)
-        self._sites: dict[str, SiteAccumulator] = {}
+        self._sites = SiteTable()
         self._loops: dict[str, LoopStats] = {}
         self._events: list[str] = []
         self._dropped = 0
@@ -125,7 +125,7 @@ class Session:
         if self._running:
             WATCHDOG.flush()
         with self._lock:
-            sites = sorted((a.freeze() for a in self._sites.values()), key=lambda s: -s.total)
+            sites = self._sites.freeze()
             functions: tuple[FunctionStat, ...] = ()
             if self.config.profile:
                 from loopwatch.profiler import Profiler
@@ -148,11 +148,7 @@ class Session:
             if len(self._blocks) == self._blocks.maxlen:
                 self._dropped += 1
             self._blocks.append(block)
-            key = block.site or "<unknown>"
-            acc = self._sites.get(key)
-            if acc is None:
-                acc = self._sites[key] = SiteAccumulator(key, block.function)
-            acc.add(block.duration, block.cpu_ratio, block.gil_held, block.gc_time)
+            self._sites.add_block(block)
         block_logger.warning(
             "event loop blocked for %.0f ms (%s) at %s in %s%s",
             block.duration * 1000,
@@ -170,11 +166,8 @@ class Session:
     def receive_cut(self, cut: Cut) -> None:
         """An iteration over the site threshold but under the block threshold."""
         with self._lock:
-            key = cut.site or UNSAMPLED
-            acc = self._sites.get(key)
-            if acc is None:
-                acc = self._sites[key] = SiteAccumulator(key, cut.function)
-            acc.add(cut.duration, cut.cpu_ratio, None, cut.gc_time, block=False)
+            self._sites.add(cut.site or UNSAMPLED, cut.function, cut.duration, cut.cpu_ratio,
+                            None, cut.gc_time, block=False)
 
     def receive_loop(self, stats: LoopStats) -> None:
         with self._lock:

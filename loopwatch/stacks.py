@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import sysconfig
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from types import CodeType, FrameType
 
 from loopwatch.model import Frame
@@ -152,11 +152,3 @@ def parse_faulthandler(text: str) -> dict[int, tuple[Frame, ...]]:
             current = None
     return {tid: tuple(reversed(frames)) for tid, frames in threads.items() if frames}
 
-
-def most_common(stacks: Iterable[tuple[tuple[Frame, ...], int]]) -> tuple[Frame, ...]:
-    best: tuple[Frame, ...] = ()
-    best_count = -1
-    for frames, count in stacks:
-        if count > best_count:
-            best, best_count = frames, count
-    return best
