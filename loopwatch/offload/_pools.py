@@ -13,8 +13,10 @@ import multiprocessing.util  # noqa: F401  (imported for its atexit handler's pl
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.context import BaseContext
+from typing import Any, TypeVar
 
 from loopwatch.offload._process import ProcessPool
 
@@ -22,33 +24,32 @@ _lock = threading.Lock()
 _threads: dict[int | None, ThreadPoolExecutor] = {}
 _processes: dict[tuple[int | None, BaseContext | None], ProcessPool] = {}
 _atexit_registered = False
+_P = TypeVar("_P")
+
+
+def _shared(table: dict[Any, _P], key: Any, make: Callable[[], _P]) -> _P:
+    """The pool for ``key``, made once even when callers race (checked again under the lock)."""
+    pool = table.get(key)
+    if pool is not None:
+        return pool
+    with _lock:
+        pool = table.get(key)
+        if pool is None:
+            _register_atexit_locked()
+            pool = table[key] = make()
+        return pool
 
 
 def thread_pool(max_workers: int | None) -> ThreadPoolExecutor:
-    pool = _threads.get(max_workers)
-    if pool is not None:
-        return pool
-    with _lock:
-        pool = _threads.get(max_workers)
-        if pool is None:
-            _register_atexit_locked()
-            pool = _threads[max_workers] = ThreadPoolExecutor(
-                max_workers, thread_name_prefix="loopwatch-offload"
-            )
-        return pool
+    return _shared(
+        _threads,
+        max_workers,
+        lambda: ThreadPoolExecutor(max_workers, thread_name_prefix="loopwatch-offload"),
+    )
 
 
 def process_pool(max_workers: int | None, context: BaseContext | None) -> ProcessPool:
-    key = (max_workers, context)
-    pool = _processes.get(key)
-    if pool is not None:
-        return pool
-    with _lock:
-        pool = _processes.get(key)
-        if pool is None:
-            _register_atexit_locked()
-            pool = _processes[key] = ProcessPool(max_workers, context)
-        return pool
+    return _shared(_processes, (max_workers, context), lambda: ProcessPool(max_workers, context))
 
 
 def shutdown(timeout: float = 2.0) -> None:
