@@ -232,6 +232,8 @@ class LoopStats(_Plain):
     """Share of the watchdog's looks that found the loop busy (whole run)."""
     worst_window: float | None = None
     """Busy share of the worst 1-second window."""
+    last_window: float | None = None
+    """Busy share of the latest complete 1-second window (for gauges while watching)."""
     lag_p50: float | None = None
     """Event-loop lag percentiles, seconds: how late a callback scheduled from
     another thread ran (the watchdog's heartbeat)."""
