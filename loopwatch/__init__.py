@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from loopwatch.model import Block, Frame, LoopStats, Report, Site
     from loopwatch.offload import offload
     from loopwatch.session import Session, run, watch
+    from loopwatch.sinks import Sink
 
 try:
     __version__ = _version("loopwatch")
@@ -41,6 +42,7 @@ _HOMES = {
     "Report": "loopwatch.model",
     "Session": "loopwatch.session",
     "Site": "loopwatch.model",
+    "Sink": "loopwatch.sinks",
     "run": "loopwatch.session",
     "watch": "loopwatch.session",
 }
@@ -55,6 +57,7 @@ __all__ = [
     "Report",
     "Session",
     "Site",
+    "Sink",
     "__version__",
     "offload",
     "run",

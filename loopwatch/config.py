@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
     from loopwatch.model import Block
+    from loopwatch.sinks import Sink
 
 Mode = Literal["report", "log", "raise"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -53,7 +54,11 @@ class Config:
     max_blocks: int = 1000
     """How many blocks a session keeps; older ones are dropped (sites keep counting)."""
     on_block: Callable[[Block], Any] | None = field(default=None, compare=False)
-    """Called with each :class:`~loopwatch.Block` as it is found (from the watchdog thread)."""
+    """Called with each :class:`~loopwatch.Block` as it is found, in loopwatch's sinks
+    thread (never the loop's nor the watchdog's: a slow callback stalls neither)."""
+    sinks: tuple[Sink, ...] = field(default=(), compare=False)
+    """:class:`~loopwatch.Sink` objects that receive blocks and slow iterations
+    (e.g. ``loopwatch.metrics.PrometheusSink()``)."""
     mode: Mode = "report"
     """``report``: collect (each block is also logged at WARNING on ``loopwatch.blocks``,
     shown where the application configured logging); ``log``: as report, and show
@@ -158,7 +163,7 @@ def _parse(name: str, raw: Any, source: str) -> Any:
             return tuple(p.strip() for p in text.replace("\n", ",").split(",") if p.strip())
     except (ValueError, KeyError):
         raise ConfigError(name, raw, source)
-    if name == "on_block":
+    if name in ("on_block", "sinks"):
         raise ConfigError(name, raw, source)
     return text
 
@@ -176,6 +181,7 @@ _ALLOWED = {
     "exclude": "expected a list of fnmatch patterns",
     "mode": f"expected one of {', '.join(MODES)}",
     "on_block": "expected a callable taking a Block, or None",
+    "sinks": "expected a list of loopwatch.Sink objects",
 }
 
 
@@ -232,3 +238,15 @@ def _validate(config: Config, source: str) -> None:
         raise _bad("mode", config.mode, source)
     if config.on_block is not None and not callable(config.on_block):
         raise _bad("on_block", config.on_block, source)
+    _validate_sinks(config, source)
+
+
+def _validate_sinks(config: Config, source: str) -> None:
+    from loopwatch.sinks import Sink
+
+    sinks = config.sinks
+    if isinstance(sinks, Sink):
+        sinks = (sinks,)
+    if not isinstance(sinks, Sequence) or not all(isinstance(s, Sink) for s in sinks):
+        raise _bad("sinks", config.sinks, source)
+    object.__setattr__(config, "sinks", tuple(sinks))

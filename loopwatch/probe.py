@@ -211,6 +211,21 @@ class Probe:
         self._generation = 0
         # Watchdog-owned bookkeeping (only the watchdog touches it).
         self.wd: Any = None
+        #: set (to where it happened) when loopwatch failed inside the loop's thread:
+        #: the watchdog then stops watching this loop
+        self.failure: str | None = None
+
+    def fail(self, where: str) -> None:
+        """Called in the loop thread from an ``except`` block: give up on this loop, quietly.
+
+        The loop itself must go on as if loopwatch were not there.
+        """
+        self.failure = where
+        log_once(
+            f"give-up {where}",
+            f"loopwatch stopped watching {self.label} after an internal error in {where}; "
+            "the program and its other loops are not affected",
+        )
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -264,9 +279,12 @@ class Probe:
     def _pong(self, sent: float, generation: int) -> None:
         if generation != self._generation:
             return  # sent before the loop stopped: its lag includes the pause
-        now = time.monotonic()
-        self.lags.append(now - sent)
-        self._answered(sent, now)
+        try:
+            now = time.monotonic()
+            self.lags.append(now - sent)
+            self._answered(sent, now)
+        except Exception:
+            self.fail("the heartbeat")
         self._ping_sent = 0.0
 
     def _answered(self, sent: float, now: float) -> None:
@@ -400,15 +418,19 @@ class SelectorProbe(Probe):
         probe = self
 
         def select_once(timeout: float | None = None) -> Any:
-            # The first select after arming ends the iteration we were armed for.
-            if selector.__dict__.get("select") is select_once:
-                del selector.select
-            with probe._end_lock:
-                if probe._end_armed_for is armed_for:
-                    # Record first, disarm second: the watchdog may look in between
-                    # (reading the clock releases the GIL) and must still see it armed.
-                    probe.ended.append((start, time.monotonic(), probe.cpu_time(), None, None, 0))
-                    probe._end_armed_for = None
+            try:
+                # The first select after arming ends the iteration we were armed for.
+                if selector.__dict__.get("select") is select_once:
+                    del selector.select
+                with probe._end_lock:
+                    if probe._end_armed_for is armed_for:
+                        # Record first, disarm second: the watchdog may look in between
+                        # (reading the clock releases the GIL) and must still see it armed.
+                        end = time.monotonic()
+                        probe.ended.append((start, end, probe.cpu_time(), None, None, 0))
+                        probe._end_armed_for = None
+            except Exception:
+                probe.fail("the select hook")
             return select(timeout)
 
         selector.select = select_once
@@ -476,22 +498,28 @@ def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[.
     ) -> Any:
         start = _probe.iter_start
         if start:
-            now = _clock()
-            busy = now - start
-            _probe.busy += busy
-            _probe.iterations += 1  # type: ignore[operator]
-            _probe.iter_start = 0.0
-            if busy > _probe.slow_threshold:
-                # After marking the iteration over: reading the CPU clock may let the
-                # watchdog in, and it must not sample this bookkeeping as the block.
-                _probe.ended.append(
-                    (start, now, _cpu(), None, _probe.slowest_callback(), _probe.tag)
-                )
-            _probe.slowest = None
+            try:
+                now = _clock()
+                busy = now - start
+                _probe.busy += busy
+                _probe.iterations += 1  # type: ignore[operator]
+                _probe.iter_start = 0.0
+                if busy > _probe.slow_threshold:
+                    # After marking the iteration over: reading the CPU clock may let the
+                    # watchdog in, and it must not sample this bookkeeping as the block.
+                    _probe.ended.append(
+                        (start, now, _cpu(), None, _probe.slowest_callback(), _probe.tag)
+                    )
+                _probe.slowest = None
+            except Exception:
+                _probe.fail("the select wrapper")
         events = _select(timeout)
         _probe.iter_start = _clock()
         if _probe.profiler is not None:
-            _probe.tag = _probe.profiler.begin_iteration()
+            try:
+                _probe.tag = _probe.profiler.begin_iteration()
+            except Exception:
+                _probe.fail("the profiler")
         return events
 
     return watched_select

@@ -438,8 +438,8 @@ class LoopwatchPlugin:
         self._final: dict[str, Any] | None = None
         self._worker = hasattr(config, "workerinput")
         # Built now so that a bad LOOPWATCH_* value for the core stops the run at start-up.
-        # The plugin keeps its own copy of every block (on_block, called from the
-        # watchdog thread: deque appends are atomic), so the session keeps just one.
+        # The plugin keeps its own copy of every block (on_block, called inline in the
+        # watchdog thread: deque appends are atomic and quick), so the session keeps just one.
         self._core_config = _core_config(settings.threshold, self._pending.append)
 
     # -- internal failures ----------------------------------------------------------
@@ -470,9 +470,9 @@ class LoopwatchPlugin:
         self._guard(self._start)
 
     def _start(self) -> None:
-        from loopwatch.session import watch
+        from loopwatch.session import Session
 
-        self._session = watch(config=self._core_config).start()
+        self._session = Session(self._core_config, inline_on_block=True).start()
         self._watched = True
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -586,7 +586,7 @@ class LoopwatchPlugin:
         if rules.threshold < self.settings.threshold and self._session is not None:
             # The run's session only hears of blocks over the run's threshold; a
             # short extra session lowers the watchdog's threshold for this test.
-            from loopwatch.session import watch
+            from loopwatch.session import Session
 
             ceiling = self.settings.threshold
             pending = self._pending
@@ -595,7 +595,9 @@ class LoopwatchPlugin:
                 if block.duration <= ceiling:  # longer ones reach the run's session
                     pending.append(block)
 
-            state.extra = watch(config=_core_config(rules.threshold, lower)).start()
+            state.extra = Session(
+                _core_config(rules.threshold, lower), inline_on_block=True
+            ).start()
         return error
 
     def _enter_phase(self, phase: Phase) -> None:
@@ -1096,9 +1098,9 @@ def loopwatch(request: pytest.FixtureRequest) -> Generator[LoopwatchBlocks, None
         rules = _rules_for(request.node, settings.threshold)
     except SettingsError as error:
         pytest.fail(str(error), pytrace=False)
-    from loopwatch.session import watch
+    from loopwatch.session import Session
 
-    session = watch(config=_core_config(rules.threshold, lambda block: None, max_blocks=1000))
+    session = Session(_core_config(rules.threshold, lambda block: None, max_blocks=1000))
     session.start()
     try:
         yield LoopwatchBlocks(rules.threshold, lambda: list(session.blocks))

@@ -8,18 +8,23 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from loopwatch._log import block_logger, log_once
 from loopwatch.config import Config
 from loopwatch.errors import LoopBlockedError
 from loopwatch.model import Block, FunctionStat, LoopStats, Report, SiteTable
+from loopwatch.sinks import DISPATCHER
+from loopwatch.sinks import MAX_PENDING as DISPATCHER_LIMIT
 from loopwatch.watchdog import WATCHDOG, Cut
 
 #: The site of slow iterations that no stack sample caught.
 UNSAMPLED = "<not sampled>"
+
+if TYPE_CHECKING:
+    from loopwatch.sinks import Sink
 
 T = TypeVar("T")
 
@@ -33,8 +38,11 @@ class Session:
     Use :func:`watch` to make one.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, inline_on_block: bool = False) -> None:
         self.config = config
+        # Internal users whose on_block is a quick append (the pytest plugin) need it
+        # called before the watchdog moves on, not later in the sinks thread.
+        self._inline_on_block = inline_on_block
         self.started = 0.0
         self.stopped: float | None = None
         self._lock = threading.Lock()
@@ -61,6 +69,9 @@ class Session:
             self._log_handler = logging.StreamHandler()
             self._log_handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
             block_logger.addHandler(self._log_handler)
+        DISPATCHER.acquire()
+        for sink in self.config.sinks:
+            self._deliver(f"sink {type(sink).__name__}.open", sink.open, self)
         WATCHDOG.subscribe(self)
         WATCHDOG.attach_running_loops()
         return self
@@ -74,6 +85,11 @@ class Session:
             WATCHDOG.unsubscribe(self)
         finally:
             self.stopped = time.monotonic()
+            for sink in self.config.sinks:
+                self._deliver(f"sink {type(sink).__name__}.close", sink.close)
+            # Leaving watch() means its callbacks have run (a hung one is waited for
+            # only so long: the program must not hang on loopwatch's account).
+            DISPATCHER.release(wait=DISPATCHER.drain(self))
             if self._log_handler is not None:
                 block_logger.removeHandler(self._log_handler)
                 self._log_handler = None
@@ -120,10 +136,21 @@ class Session:
         with self._lock:
             return list(self._blocks)
 
+    def live_loops(self) -> tuple[LoopStats, ...]:
+        """Statistics of every loop seen, running ones with fresh numbers; any thread may call."""
+        live = WATCHDOG.live_loops() if self._running else []
+        with self._lock:
+            loops = dict(self._loops)
+        for stats in live:
+            if stats.loop in loops or len(loops) < _MAX_LOOPS:
+                loops[stats.loop] = stats
+        return tuple(loops.values())
+
     def report(self) -> Report:
-        """A snapshot of everything found so far; safe to call while watching."""
+        """A snapshot of everything found so far; safe to call from any thread while watching."""
         if self._running:
             WATCHDOG.flush()
+        loops = self.live_loops()
         with self._lock:
             sites = self._sites.freeze()
             functions: tuple[FunctionStat, ...] = ()
@@ -136,7 +163,7 @@ class Session:
                 functions=functions,
                 blocks=tuple(self._blocks),
                 sites=tuple(sites),
-                loops=tuple(self._loops.values()),
+                loops=loops,
                 dropped_blocks=self._dropped,
                 events=tuple(self._events),
             )
@@ -149,6 +176,24 @@ class Session:
                 self._dropped += 1
             self._blocks.append(block)
             self._sites.add_block(block)
+        on_block = self.config.on_block
+        if on_block is not None and self._inline_on_block:
+            try:
+                on_block(block)
+            except Exception:
+                log_once(f"on_block-{id(self)}", "loopwatch on_block callback raised")
+            on_block = None
+        # Logging handlers, callbacks and sinks may be slow: not in the watchdog's thread.
+        self._deliver("on_block callback", self._announce, block, on_block)
+        for sink in self.config.sinks:
+            self._deliver(f"sink {type(sink).__name__}.block", sink.block, block)
+            self._deliver(
+                f"sink {type(sink).__name__}.slow_iteration",
+                sink.slow_iteration, block.loop, block.duration, block.site, True,
+            )
+
+    @staticmethod
+    def _announce(block: Block, on_block: Callable[[Block], Any] | None) -> None:
         block_logger.warning(
             "event loop blocked for %.0f ms (%s) at %s in %s%s",
             block.duration * 1000,
@@ -157,17 +202,26 @@ class Session:
             block.function or "?",
             f", task {block.task}" if block.task else "",
         )
-        if self.config.on_block is not None:
-            try:
-                self.config.on_block(block)
-            except Exception:
-                log_once(f"on_block-{id(self)}", "loopwatch on_block callback raised")
+        if on_block is not None:
+            on_block(block)
+
+    def _deliver(self, what: str, call: Callable[..., Any], *args: Any) -> None:
+        if not DISPATCHER.submit(self, what, call, *args):
+            self.receive_event(
+                "callbacks and sinks fell behind: some deliveries were dropped "
+                f"(more than {DISPATCHER_LIMIT} waiting)"
+            )
 
     def receive_cut(self, cut: Cut) -> None:
         """An iteration over the site threshold but under the block threshold."""
         with self._lock:
             self._sites.add(cut.site or UNSAMPLED, cut.function, cut.duration, cut.cpu_ratio,
                             None, cut.gc_time, block=False)
+        for sink in self.config.sinks:
+            self._deliver(
+                f"sink {type(sink).__name__}.slow_iteration",
+                sink.slow_iteration, cut.loop, cut.duration, cut.site, False,
+            )
 
     def receive_loop(self, stats: LoopStats) -> None:
         with self._lock:
@@ -184,6 +238,7 @@ def watch(
     threshold: float | None = None,
     *,
     on_block: Callable[[Block], Any] | None = None,
+    sinks: Sequence[Sink] | None = None,
     config: Config | None = None,
     **options: Any,
 ) -> Session:
@@ -202,13 +257,11 @@ def watch(
     >>> [round(b.duration, 1) for b in session.report().blocks]
     [0.2]
     """
+    explicit = dict(options, threshold=threshold, on_block=on_block, sinks=sinks)
     if config is None:
-        config = Config.resolve(threshold=threshold, on_block=on_block, **options)
-    elif threshold is not None or on_block is not None or options:
-        config = config.with_changes(
-            **{k: v for k, v in dict(options, threshold=threshold, on_block=on_block).items()
-               if v is not None}
-        )
+        config = Config.resolve(**explicit)
+    elif any(v is not None for v in explicit.values()):
+        config = config.with_changes(**{k: v for k, v in explicit.items() if v is not None})
     return Session(config)
 
 

@@ -68,6 +68,7 @@ class Cut:
     site: str | None
     function: str | None
     gc_time: float
+    loop: str = ""
 
 
 _Dump = tuple[float, dict[int, tuple[Frame, ...]]]
@@ -122,6 +123,7 @@ class _Tracking:
     window_looked: float = 0.0
     window_busy: float = 0.0
     worst_window: float | None = None
+    last_window: float | None = None
     #: the loop has had iterations over the site threshold: watch it closely
     cuts: bool = False
     pinged: float = 0.0
@@ -387,6 +389,8 @@ class Watchdog:
         self._profiler: Any = None
         #: the probe of each loop (a test suite makes thousands of loops: no list scans)
         self._by_loop: weakref.WeakKeyDictionary[Any, Probe] = weakref.WeakKeyDictionary()
+        #: loops that made loopwatch fail: not watched again while the watchdog runs
+        self._given_up: weakref.WeakSet[Any] = weakref.WeakSet()
         #: one CPU clock per thread, shared by the loops that thread runs
         self._clocks: dict[int, ThreadClock] = {}
 
@@ -433,6 +437,7 @@ class Watchdog:
                 probe.detach()
             self._probes = []
             self._by_loop = weakref.WeakKeyDictionary()
+            self._given_up = weakref.WeakSet()
             for clock in self._clocks.values():
                 clock.close()
             self._clocks = {}
@@ -442,6 +447,11 @@ class Watchdog:
 
     def active(self) -> bool:
         return bool(self._subscribers)
+
+    def live_loops(self) -> list[LoopStats]:
+        """Fresh statistics of the loops being watched (any thread may ask)."""
+        with self._lock:
+            return [self._loop_stats(probe) for probe in self._probes]
 
     def attach_running_loops(self) -> None:
         """Watch, right away, the loop running in this thread and asyncio loops in other threads."""
@@ -534,7 +544,7 @@ class Watchdog:
             if self._settings is None:
                 return
             known = self._by_loop.get(loop)
-            if known is not None and known.alive():
+            if (known is not None and known.alive()) or loop in self._given_up:
                 return
             probe = make_probe(loop, thread_id or threading.get_ident(), self._clocks)
             self._configure(probe, self._settings)
@@ -593,22 +603,30 @@ class Watchdog:
         cut_prone = False
         heartbeat = False
         for probe in list(self._probes):
-            if not probe.alive():
-                self._retire(probe, now)
+            if probe.failure is not None:
+                self._give_up(probe, probe.failure)
                 continue
-            heartbeat = heartbeat or probe.resolution == "heartbeat"
-            if self._track(probe, frames.get(probe.thread_id), now, settings, flush, late):
-                sampling = True
-            looks = probe.wd.cut_looks
-            # a loop with cuts, or one that just showed a possible cut: gather the
-            # evidence quickly, so that few of a thousand cuts go uncounted
-            cut_prone = cut_prone or probe.wd.cuts or bool(looks and now - looks[-1] < _CUT_WINDOW)
-            if not flush and (
-                probe.resolution == "heartbeat" or now - probe.wd.pinged >= _PING_EVERY
-            ):
-                # Lag pings are few: each wakes the loop, and sending one lets go of the GIL.
-                probe.wd.pinged = now
-                probe.ping(now)
+            try:
+                if not probe.alive():
+                    self._retire(probe, now)
+                    continue
+                heartbeat = heartbeat or probe.resolution == "heartbeat"
+                if self._track(probe, frames.get(probe.thread_id), now, settings, flush, late):
+                    sampling = True
+                looks = probe.wd.cut_looks
+                # a loop with cuts, or one that just showed a possible cut: gather the
+                # evidence quickly, so that few of a thousand cuts go uncounted
+                cut_prone = (
+                    cut_prone or probe.wd.cuts or bool(looks and now - looks[-1] < _CUT_WINDOW)
+                )
+                if not flush and (
+                    probe.resolution == "heartbeat" or now - probe.wd.pinged >= _PING_EVERY
+                ):
+                    # Lag pings are few: each wakes the loop, and sending one lets go of the GIL.
+                    probe.wd.pinged = now
+                    probe.ping(now)
+            except Exception:
+                self._give_up(probe, "the watchdog")
         del frames
         if settings.deadman and self._probes and not flush:
             self._deadman.start()
@@ -767,6 +785,7 @@ class Watchdog:
         if now - wd.window_start >= _WINDOW:
             share = wd.window_busy / wd.window_looked
             wd.worst_window = max(wd.worst_window or 0.0, share)
+            wd.last_window = share
             wd.window_start, wd.window_looked, wd.window_busy = now, 0.0, 0.0
 
     def _attach_dump(
@@ -899,6 +918,7 @@ class Watchdog:
             site=site_frame.location if site_frame else None,
             function=site_frame.function if site_frame else None,
             gc_time=self._gc.time_in(probe.thread_id, start, end),
+            loop=probe.label,
         )
         for subscriber in list(self._subscribers):
             config = subscriber.config
@@ -947,6 +967,34 @@ class Watchdog:
             except Exception:
                 log_once(f"listener-{id(listener)}", "a loopwatch block listener failed")
 
+    def _give_up(self, probe: Probe, where: str) -> None:
+        """An internal error while watching one loop: stop watching that loop, only.
+
+        The program and its other loops carry on; the error is logged once per
+        kind (a test suite makes thousands of loops), and each session's report
+        says which loop is no longer watched.
+        """
+        log_once(
+            f"give-up {where}",
+            f"loopwatch stopped watching {probe.label} after an internal error in {where}; "
+            "the program and its other loops are not affected",
+            exc_info=probe.failure is None,
+        )
+        if probe in self._probes:
+            self._probes.remove(probe)
+        loop = probe.loop
+        if loop is not None:
+            self._given_up.add(loop)
+            self._by_loop.pop(loop, None)
+        try:
+            probe.detach()
+        except Exception:
+            log_once("give-up-detach", "loopwatch could not remove its hooks from a loop")
+        self._broadcast_event(
+            f"stopped watching {probe.label}: internal error in {where} "
+            "(logged on the 'loopwatch' logger); its blocks after that are not reported"
+        )
+
     def _retire(self, probe: Probe, now: float) -> None:
         settings = self._settings
         if settings is not None:
@@ -973,6 +1021,7 @@ class Watchdog:
             resolution=probe.resolution,
             busy_fraction_sampled=wd.busy / wd.looked if wd.looked > 0 else None,
             worst_window=worst,
+            last_window=wd.last_window,
             lag_p50=percentile(lags, 50) if lags else None,
             lag_p95=percentile(lags, 95) if lags else None,
             lag_p99=percentile(lags, 99) if lags else None,

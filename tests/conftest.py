@@ -52,6 +52,8 @@ def no_loopwatch_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not WATCHDOG.active(), "a loopwatch session was left running"
     watchdogs = [t for t in threading.enumerate() if t.name == "loopwatch-watchdog"]
     assert not watchdogs, "the watchdog thread outlived its sessions"
+    sinks = [t for t in threading.enumerate() if t.name == "loopwatch-sinks"]
+    assert not sinks, "the sinks thread outlived its sessions"
     assert asyncio.base_events.BaseEventLoop.__dict__["run_forever"] is _RUN_FOREVER
     assert faulthandler.dump_traceback_later is _ARM
     if fds >= 0:

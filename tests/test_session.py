@@ -185,7 +185,7 @@ def test_failing_on_block_does_not_break_the_program(caplog: Any) -> None:
         asyncio.run(_block_once())
     assert len(session.report().blocks) == 2
     messages = [r.getMessage() for r in caplog.records if "on_block" in r.getMessage()]
-    assert messages == ["loopwatch on_block callback raised"]
+    assert messages == ["loopwatch on_block callback raised; it keeps being called"]
 
 
 def test_each_block_logs_one_warning(caplog: Any) -> None:
