@@ -118,10 +118,11 @@ class Dispatcher:
             self._cond.notify_all()
         return True
 
-    def drain(self, owner: object, timeout: float = DRAIN_TIMEOUT) -> bool:
+    def drain(self, owner: object, timeout: float | None = None) -> bool:
         """Wait until ``owner``'s deliveries have run; False if it took over ``timeout``."""
         if threading.current_thread() is self._thread:
             return False  # a callback stopping its own session: waiting would be forever
+        timeout = DRAIN_TIMEOUT if timeout is None else timeout
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._pending_for(owner):
