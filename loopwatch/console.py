@@ -382,6 +382,10 @@ def _block(number: int, block: Block, width: int, is_user: UserCode) -> Renderab
 # -- tables ---------------------------------------------------------------------------
 
 
+#: Short blocks at one site from which it reads as "a thousand cuts".
+_MANY_CUTS = 3
+
+
 def _sites_table(report: Report, limit: int) -> RenderableType:
     cuts_known = _cuts_known(report)
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold",
@@ -393,10 +397,15 @@ def _sites_table(report: Report, limit: int) -> RenderableType:
         cell = Text()
         cell.append(short_site(site.site), style="bold")
         cell.append(f" in {site.function or '?'}")
-        if cuts_known and site.blocks < site.count:
+        short = site.count - site.blocks
+        if cuts_known and short >= _MANY_CUTS:
             over = f"{site.blocks} over" if site.blocks else "none over"
-            cell.append(f"\nthousand cuts: many short blocks, {over} "
+            cell.append(f"\nthousand cuts: {short} short blocks, {over} "
                         f"{_duration(report.threshold)}", style="yellow")
+        elif cuts_known and short:
+            iterations = "iteration" if short == 1 else "iterations"
+            cell.append(f"\n{short} slow {iterations} under {_duration(report.threshold)}",
+                        style="yellow")
         if site.advice:
             cell.append(f"\n→ {site.advice}", style="green")
         table.add_row(

@@ -252,9 +252,17 @@ def test_thousand_cuts_rows_are_marked() -> None:
                 p95=0.004, kind="wait", cpu_ratio=0.05, advice=advise("wait"), blocks=0)
     lines = lines_of(render(Report(0.1, blocks=(block(),), sites=(site(), cuts)), color=False))
     row = lines.index(next(line for line in lines if line.lstrip().startswith("412 ")))
-    assert "thousand cuts: many short blocks, none over 100 ms" in lines[row + 1]
+    assert "thousand cuts: 412 short blocks, none over 100 ms" in lines[row + 1]
     marked = [line for line in lines if "thousand cuts" in line]
     assert len(marked) == 1
+
+
+def test_a_single_slow_iteration_is_not_called_a_thousand_cuts() -> None:
+    one = site(site=f"{APP}:11", function="handle", count=1, total=0.04, max=0.04,
+               p95=0.04, kind="cpu", cpu_ratio=1.0, advice=advise("cpu"), blocks=0)
+    text = render(Report(0.1, blocks=(block(),), sites=(site(), one)), color=False)
+    assert "thousand cuts" not in text
+    assert "1 slow iteration under 100 ms" in text
 
 
 def test_saturation_and_lag_are_reported_with_a_warning() -> None:
