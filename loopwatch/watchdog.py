@@ -292,6 +292,25 @@ class Deadman:
         fired_at = (armed_at or time.monotonic()) + self._timeout
         return [(fired_at, parse_faulthandler(text))]
 
+    def disarm(self) -> None:
+        """Cancel the timer; the next :meth:`service` arms it again."""
+        if self.enabled and self._armed_at is not None:
+            self._original_cancel()
+            self._armed_at = None
+
+    def forget_after_fork(self, maybe_armed: bool) -> None:
+        """In a forked child: let go of the parent's file (its offset is shared with the parent).
+
+        faulthandler's timer thread does not survive a fork, and cancelling a
+        timer that was armed at fork time then waits forever for that thread:
+        if the timer may still be armed, it is never touched again here.
+        """
+        if not self.enabled:
+            return
+        self.stop(cancel=False)
+        if maybe_armed:
+            self.refused = True
+
     def stop(self, cancel: bool = True) -> None:
         if not self.enabled:
             return
@@ -367,6 +386,10 @@ _EXACT_FOR = 30.0
 #: Busy share is also kept per window of this many seconds; the worst one is reported.
 _WINDOW = 1.0
 
+#: How long os.fork() waits for the watchdog to finish what it is doing (a step takes
+#: well under a millisecond); past that the fork goes ahead and the child starts afresh.
+_FORK_WAIT = 1.0
+
 
 class Watchdog:
     """Process-wide: started by the first subscriber, stopped with the last."""
@@ -393,6 +416,10 @@ class Watchdog:
         self._given_up: weakref.WeakSet[Any] = weakref.WeakSet()
         #: one CPU clock per thread, shared by the loops that thread runs
         self._clocks: dict[int, ThreadClock] = {}
+        #: in a forked child: loops that were running in the parent (they never run here)
+        self._inherited: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: whether the thread that is forking holds the lock, by thread id
+        self._fork_held: dict[int, bool] = {}
 
     # -- subscription ---------------------------------------------------------
 
@@ -403,14 +430,15 @@ class Watchdog:
             self._discovery.install()
             self._gc.install()
             if self._thread is None:
-                self._stopping = False
-                self._wake.clear()
-                self._thread = threading.Thread(
-                    target=self._run, name="loopwatch-watchdog", daemon=True
-                )
-                self._thread.start()
+                self._start_thread()
             else:
                 self._wake.set()
+
+    def _start_thread(self) -> None:
+        self._stopping = False
+        self._wake.clear()
+        self._thread = threading.Thread(target=self._run, name="loopwatch-watchdog", daemon=True)
+        self._thread.start()
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
@@ -546,6 +574,10 @@ class Watchdog:
             known = self._by_loop.get(loop)
             if (known is not None and known.alive()) or loop in self._given_up:
                 return
+            if loop in self._inherited:
+                return
+            if self._thread is None and self._subscribers:
+                self._start_thread()  # a forked child watching its first loop
             probe = make_probe(loop, thread_id or threading.get_ident(), self._clocks)
             self._configure(probe, self._settings)
             if isinstance(probe, SelectorProbe) and probe.want_exact and thread_id is None:
@@ -568,6 +600,80 @@ class Watchdog:
             probe = self._by_loop.get(loop)
             if probe is not None:
                 probe.run_ended()
+
+    # -- fork -----------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        # Holding the lock across the fork gives the child state that no thread was
+        # half-way through changing (the thread that was would not exist there).
+        held = self._lock.acquire(timeout=_FORK_WAIT)
+        self._fork_held[threading.get_ident()] = held
+        if held:
+            try:
+                self._deadman.disarm()
+            except Exception:
+                log_once("fork-deadman", "loopwatch could not disarm its deadman switch to fork")
+
+    def _after_fork_in_parent(self) -> None:
+        if not self._fork_held.pop(threading.get_ident(), False):
+            return
+        try:
+            settings = self._settings
+            if settings is not None and settings.deadman and self._deadman.enabled:
+                for fired_at, stacks in self._deadman.service(
+                    time.monotonic(), settings.deadman_timeout
+                ):
+                    self._attach_dump(fired_at, stacks, settings)
+        except Exception:
+            log_once("fork-parent", "loopwatch could not re-arm its deadman switch after a fork")
+        finally:
+            self._lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        """Only the forking thread lives on: the child keeps its sessions, not the parent's loops.
+
+        Sessions carry on in the child (each with its copy of what it had
+        found); loops that were running at fork time never run again here and
+        are not watched; the watchdog thread is started again when the child
+        runs a loop. Locks, CPU clocks and files that belong to threads of the
+        parent are dropped.
+        """
+        # A loop running at fork time (fork() called from a callback) is frozen
+        # in this thread's stack: asyncio does not run it in the child.
+        here = {threading.get_ident(): sys._getframe()}
+        inherited = [loop for _, loop in running_loops(here)]
+        del here
+        held = self._fork_held.pop(threading.get_ident(), False)
+        if held:
+            self._lock.release()
+        else:
+            self._lock = threading.RLock()  # its holder, if any, is gone
+        # The gone watchdog thread may have been inside wait().
+        self._wake = threading.Event()
+        if inherited:
+            self._inherited = weakref.WeakSet(inherited)
+        if self._thread is None and not self._subscribers and not self._probes:
+            return  # not watching: nothing else to do
+        try:
+            self._thread = None
+            self._stopping = False
+            for probe in self._probes:
+                loop = probe.loop
+                if loop is not None and loop.is_running():
+                    self._inherited.add(loop)
+                try:
+                    probe.detach()  # closes its CPU clock's file: the parent thread's
+                except Exception:
+                    pass
+            self._probes = []
+            self._by_loop = weakref.WeakKeyDictionary()
+            for clock in self._clocks.values():
+                clock.close()
+            self._clocks = {}
+            self._gc.pauses.clear()
+            self._deadman.forget_after_fork(maybe_armed=not held)
+        except Exception:
+            log_once("fork-child", "loopwatch could not reset itself in a forked child")
 
     # -- the thread -----------------------------------------------------------
 
@@ -1039,6 +1145,13 @@ class Watchdog:
 
 
 WATCHDOG = Watchdog()
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(
+        before=WATCHDOG._before_fork,
+        after_in_parent=WATCHDOG._after_fork_in_parent,
+        after_in_child=WATCHDOG._after_fork_in_child,
+    )
 
 
 def add_block_listener(listener: Callable[[Block], None]) -> None:
