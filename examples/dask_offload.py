@@ -1,7 +1,7 @@
 """The same ``@loopwatch.offload`` decorator, with a dask.distributed cluster as the target.
 
     pip install "loopwatch[dask]"
-    python examples/dask_offload.py
+    python examples/dask_offload.py [--runs 8] [--steps 1500000]
 
 Starts a local cluster of two worker processes (``LocalCluster(processes=True,
 n_workers=2)``), wraps a pure-Python simulation with
@@ -15,6 +15,7 @@ many machines.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import logging
@@ -54,21 +55,27 @@ async def ticker(ticks: list[float]) -> None:
         ticks.append(time.perf_counter())
 
 
-async def main(
-    on_cluster: Callable[[int, int], Awaitable[tuple[float, int]]],
+async def compute_while_ticking(
+    on_cluster: Callable[[int, int], Awaitable[tuple[float, int]]], runs: int, steps: int,
 ) -> tuple[list[tuple[float, int]], float, list[float]]:
-    """Run estimate_pi RUNS times on the cluster, concurrently, while ticking on this loop."""
+    """Run estimate_pi on the cluster, concurrently, while ticking on this loop."""
     ticks: list[float] = []
     tick_task = asyncio.create_task(ticker(ticks))
     start = time.perf_counter()
-    results = await asyncio.gather(*(on_cluster(seed, STEPS) for seed in range(RUNS)))
+    results = await asyncio.gather(*(on_cluster(seed, steps) for seed in range(runs)))
     wall = time.perf_counter() - start
     tick_task.cancel()
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     return results, wall, gaps
 
 
-def run() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=RUNS, help="simulations to run")
+    parser.add_argument("--steps", type=int, default=STEPS, help="random points per run")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.steps < 1:
+        parser.error("--runs and --steps must be at least 1")
     # dask logs its startup at INFO; keep its warnings
     logging.getLogger("distributed").setLevel(logging.WARNING)
     began = time.perf_counter()
@@ -82,13 +89,14 @@ def run() -> int:
         # The watch starts once the cluster is up: the blocks it finds are our loop's,
         # not dask's start-up (dask's own event loop thread is watched as well).
         with loopwatch.watch(threshold=0.05) as session:
-            results, wall, gaps = asyncio.run(main(on_cluster))
+            work = compute_while_ticking(on_cluster, args.runs, args.steps)
+            results, wall, gaps = asyncio.run(work)
     report = session.report()
 
     pids = sorted({pid for _, pid in results})
     mean = sum(estimate for estimate, _ in results) / len(results)
-    print(f"{RUNS} runs of estimate_pi({STEPS:,} steps) in {wall:.2f} s on processes {pids} "
-          f"(this one is {os.getpid()}): pi ~ {mean:.4f}")
+    print(f"{args.runs} runs of estimate_pi({args.steps:,} steps) in {wall:.2f} s "
+          f"on processes {pids} (this one is {os.getpid()}): pi ~ {mean:.4f}")
     print(f"ticker on the loop meanwhile: {len(gaps) + 1} ticks, longest gap "
           f"{max(gaps, default=0) * 1000:.0f} ms (asked for {TICK * 1000:.0f} ms)")
     for loop in report.loops:
@@ -104,4 +112,4 @@ def run() -> int:
 
 
 if __name__ == "__main__":  # dask's worker processes import this file: start nothing then
-    sys.exit(run())
+    sys.exit(main())
