@@ -1,18 +1,19 @@
 """Load-test the service twice: with the blocking login, then with the fix. Compare.
 
-    python examples/web_service/demo.py
+    python examples/web_service/demo.py [--logins 6]
 
 Each phase starts ``service.py``'s server on a free local port under
 ``loopwatch.watch(threshold=0.1, mode="log", on_block=...)`` (production
 settings), and a client in another thread sends ``GET /health`` from four
-connections every 20 ms while a fifth logs in six times in a row. It prints
-the ``/health`` latency percentiles, then the blocks loopwatch logged and
-counted. Exit status 0 when loopwatch found the blocking line in the first
-phase and nothing there in the second.
+connections every 20 ms while a fifth logs in six times in a row
+(``--logins``). It prints the ``/health`` latency percentiles, then the
+blocks loopwatch logged and counted. Exit status 0 when loopwatch found the
+blocking line in the first phase and nothing there in the second.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -62,10 +63,10 @@ async def health_client(port: int, done: asyncio.Event, latencies: list[float]) 
     await writer.wait_closed()
 
 
-async def login_client(port: int, latencies: list[float]) -> None:
+async def login_client(port: int, logins: int, latencies: list[float]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     body = json.dumps({"user": "ada", "password": "lovelace"}).encode()
-    for _ in range(LOGINS):
+    for _ in range(logins):
         start = time.perf_counter()
         status, answer = await request(reader, writer, "POST", "/login", body)
         latencies.append(time.perf_counter() - start)
@@ -74,28 +75,28 @@ async def login_client(port: int, latencies: list[float]) -> None:
     await writer.wait_closed()
 
 
-async def load(port: int) -> tuple[list[float], list[float]]:
+async def load(port: int, logins: int) -> tuple[list[float], list[float]]:
     """The client side: runs on its own event loop, in its own thread."""
     health: list[float] = []
-    logins: list[float] = []
+    login_latencies: list[float] = []
     done = asyncio.Event()
     checkers = [asyncio.create_task(health_client(port, done, health))
                 for _ in range(HEALTH_CLIENTS)]
     await asyncio.sleep(0.2)  # a baseline before the first login
-    await login_client(port, logins)
+    await login_client(port, logins, login_latencies)
     done.set()
     await asyncio.gather(*checkers)
-    return health, logins
+    return health, login_latencies
 
 
-async def phase(fixed: bool) -> tuple[list[float], list[float]]:
+async def phase(fixed: bool, logins: int) -> tuple[list[float], list[float]]:
     """Serve on this loop while a client thread loads the service; the latencies it saw."""
     server = await Service(fixed=fixed).start()
     port = server.sockets[0].getsockname()[1]
     async with server:
         # The client gets its own thread and loop, as a remote client would: it
         # keeps sending while the service's loop is stuck, and times the wait.
-        return await asyncio.to_thread(asyncio.run, load(port))
+        return await asyncio.to_thread(asyncio.run, load(port, logins))
 
 
 def ms(seconds: float) -> str:
@@ -119,16 +120,17 @@ def where(block: loopwatch.Block) -> str:
     return f"{Path(frame.file).name}:{frame.line} in {frame.function}"
 
 
-def run_phase(title: str, *, fixed: bool) -> list[loopwatch.Block]:
+def run_phase(title: str, *, fixed: bool, logins: int) -> list[loopwatch.Block]:
     print(f"\n=== {title} ===")
     counter = BlockCounter()
     with loopwatch.watch(threshold=THRESHOLD, mode="log", on_block=counter):
-        health, logins = asyncio.run(phase(fixed))
+        health, login_times = asyncio.run(phase(fixed, logins))
     print(
         f"GET /health: {len(health)} requests, p50 {ms(percentile(health, 50))}, "
         f"p99 {ms(percentile(health, 99))}, max {ms(max(health))}"
     )
-    print(f"POST /login: {len(logins)} requests, median {ms(statistics.median(logins))}")
+    print(f"POST /login: {len(login_times)} requests, "
+          f"median {ms(statistics.median(login_times))}")
     # The service's loop runs in the main thread; the client's loop is watched too.
     served = [b for b in counter.blocks if "(MainThread)" in b.loop]
     if not served:
@@ -145,14 +147,21 @@ def run_phase(title: str, *, fixed: bool) -> list[loopwatch.Block]:
     return served
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--logins", type=int, default=LOGINS, help="logins per phase")
+    args = parser.parse_args(argv)
+    if args.logins < 1:
+        parser.error("--logins must be at least 1")
     # mode="log" writes one WARNING per block to the "loopwatch" logger: show them
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout,
                         format="  [log] %(levelname)s %(name)s: %(message)s")
     print(f"{HEALTH_CLIENTS} clients send GET /health every {ms(HEALTH_PAUSE)} while another "
-          f"logs in {LOGINS} times (PBKDF2, 600 000 rounds per login).")
-    before = run_phase("1. blocking: /login hashes the password on the event loop", fixed=False)
-    after = run_phase('2. fixed: the hash runs in @loopwatch.offload("thread")', fixed=True)
+          f"logs in {args.logins} times (PBKDF2, 600 000 rounds per login).")
+    before = run_phase("1. blocking: /login hashes the password on the event loop", fixed=False,
+                       logins=args.logins)
+    after = run_phase('2. fixed: the hash runs in @loopwatch.offload("thread")', fixed=True,
+                      logins=args.logins)
     found = any(where(b).startswith("service.py") and "hash_password" in where(b)
                 for b in before)
     if not found:

@@ -150,6 +150,7 @@ async def serve(port: int, *, fixed: bool) -> None:
         except (NotImplementedError, RuntimeError):  # Windows: Ctrl-C raises instead
             pass
     server = await Service(fixed=fixed).start(port=port)
+    port = server.sockets[0].getsockname()[1]  # the one picked, if port was 0
     version = "fixed" if fixed else "blocking"
     print(f"serving the {version} version on http://127.0.0.1:{port} (Ctrl-C stops)", flush=True)
     async with server:
@@ -158,7 +159,7 @@ async def serve(port: int, *, fixed: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=8080, help="0: any free port")
     parser.add_argument("--fixed", action="store_true", help="hash passwords off the loop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
