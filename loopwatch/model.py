@@ -461,7 +461,9 @@ class SiteTable:
     [('<other sites>', 3), ('gen.py:1', 1), ('gen.py:2', 1)]
     """
 
-    def __init__(self, max_sites: int = MAX_SITES) -> None:
+    def __init__(self, max_sites: int | None = None) -> None:
+        if max_sites is None:
+            max_sites = MAX_SITES  # read now, not at import: tests may lower it
         if isinstance(max_sites, bool) or not isinstance(max_sites, int) or max_sites < 1:
             raise ValueError(f"max_sites must be a whole number >= 1, not {max_sites!r}")
         self.max_sites = max_sites
