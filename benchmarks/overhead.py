@@ -6,6 +6,12 @@ in the same run. The headline ratio compares the best (fastest) round of each
 mode: on a shared machine, noise only ever adds time, so the minimum is the
 most repeatable estimate of the true cost. The median ratio is printed beside it.
 
+"bare + 1 idle thread" is bare asyncio with one more thread that only waits:
+on Linux, any second thread makes every system call the loop makes (its
+``select`` each iteration) dearer (``benchmarks/thread_cost.py``), so that row
+is the floor for loopwatch's one watchdog thread, and what a service that has
+any thread at all (a default executor, a logging thread) already pays.
+
     python benchmarks/overhead.py            # full size
     python benchmarks/overhead.py --quick    # a tenth of the size, for a smoke test
 
@@ -22,6 +28,7 @@ import gc
 import os
 import statistics
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Coroutine
@@ -95,6 +102,19 @@ def _bare(work: Workload, n: int) -> float:
     return time.perf_counter() - start
 
 
+def _bare_with_idle_thread(work: Workload, n: int) -> float:
+    # What any second thread costs (see benchmarks/thread_cost.py): the floor for a
+    # design with one watchdog thread, and the usual state of a real service anyway.
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        return _bare(work, n)
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _watched(options: dict[str, Any]) -> Callable[[Workload, int], float]:
     def measure(work: Workload, n: int) -> float:
         with loopwatch.watch(**options) as session:
@@ -118,6 +138,7 @@ def _debug(work: Workload, n: int) -> float:
 
 MODES: dict[str, Callable[[Workload, int], float]] = {
     "bare asyncio": _bare,
+    "bare + 1 idle thread": _bare_with_idle_thread,
     "watch() default": _watched({}),
     "watch(precise=True)": _watched({"precise": True}),
     "watch(profile=True)": _watched({"profile": True}),
@@ -176,12 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tenth of the size, 3 rounds")
     parser.add_argument("--no-debug", action="store_true", help="skip asyncio debug mode")
     parser.add_argument("--default-only", action="store_true",
-                        help="only bare asyncio and watch() with default settings")
+                        help="only bare asyncio (alone and with an idle thread) and watch()")
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
     modes = MODES
     if args.default_only:
-        modes = {name: MODES[name] for name in ("bare asyncio", "watch() default")}
+        modes = {
+            name: MODES[name]
+            for name in ("bare asyncio", "bare + 1 idle thread", "watch() default")
+        }
     print(f"loopwatch {loopwatch.__version__}, Python {sys.version.split()[0]}, "
           f"load average {os.getloadavg()[0]:.2f}, {rounds} interleaved rounds; "
           "ratio = mode / bare asyncio (best round, and median round)")
