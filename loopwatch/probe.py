@@ -78,6 +78,8 @@ class ThreadClock:
     """
 
     def __init__(self, thread_id: int, native_id: int | None) -> None:
+        #: the thread's kernel id: a later thread may be given the same thread_id
+        self.native_id = native_id
         self._fd: int | None = None
         self._clock: int | None = None
         self._buffer = ctypes.create_string_buffer(64)
@@ -563,6 +565,10 @@ def make_probe(
     clock = None
     if clocks is not None:
         clock = clocks.get(thread_id)
+        if clock is not None and clock.native_id != native_id:
+            # Python reuses the ids of threads that ended: that clock was another thread's.
+            clock.close()
+            clock = None
         if clock is None:
             clock = clocks[thread_id] = ThreadClock(thread_id, native_id)
     selector = getattr(loop, "_selector", None)

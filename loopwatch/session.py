@@ -30,6 +30,8 @@ T = TypeVar("T")
 
 #: Loop statistics kept per session; more loops than this are still counted in the total.
 _MAX_LOOPS = 256
+#: Distinct events kept per session (each may name a loop: a suite makes thousands).
+_MAX_EVENTS = 100
 
 
 class Session:
@@ -49,7 +51,8 @@ class Session:
         self._blocks: deque[Block] = deque(maxlen=config.max_blocks)
         self._sites = SiteTable()
         self._loops: dict[str, LoopStats] = {}
-        self._events: list[str] = []
+        self._events: dict[str, None] = {}  # insertion-ordered, and O(1) to look up
+        self._events_dropped = 0
         self._dropped = 0
         self._running = False
         self._log_handler: logging.Handler | None = None
@@ -165,7 +168,11 @@ class Session:
                 sites=tuple(sites),
                 loops=loops,
                 dropped_blocks=self._dropped,
-                events=tuple(self._events),
+                events=tuple(self._events) + (
+                    (f"{self._events_dropped} more distinct events were not kept",)
+                    if self._events_dropped
+                    else ()
+                ),
             )
 
     # -- called by the watchdog -----------------------------------------------
@@ -230,8 +237,12 @@ class Session:
 
     def receive_event(self, message: str) -> None:
         with self._lock:
-            if message not in self._events:
-                self._events.append(message)
+            if message in self._events:
+                return
+            if len(self._events) < _MAX_EVENTS:
+                self._events[message] = None
+            else:
+                self._events_dropped += 1
 
 
 def watch(

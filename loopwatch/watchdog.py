@@ -1088,6 +1088,7 @@ class Watchdog:
         )
         if probe in self._probes:
             self._probes.remove(probe)
+            self._drop_clock_if_unused(probe.thread_id)
         loop = probe.loop
         if loop is not None:
             self._given_up.add(loop)
@@ -1107,9 +1108,15 @@ class Watchdog:
             self._track(probe, None, now, settings, flush=True)
         probe.detach()
         self._probes.remove(probe)
+        self._drop_clock_if_unused(probe.thread_id)
         stats = self._loop_stats(probe)
         for subscriber in self._subscribers:
             subscriber.receive_loop(stats)
+
+    def _drop_clock_if_unused(self, thread_id: int) -> None:
+        """Threads come and go in a long-running service: keep clocks of live loops only."""
+        if thread_id in self._clocks and all(p.thread_id != thread_id for p in self._probes):
+            self._clocks.pop(thread_id).close()
 
     def _loop_stats(self, probe: Probe) -> LoopStats:
         end = probe.detached_at or time.monotonic()

@@ -181,11 +181,6 @@ def test_closed_loops_leave_no_probe_behind() -> None:
     assert tracked == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the watchdog's per-thread CPU clocks are keyed by thread id and never dropped: a "
-    "later thread given the same id reads the dead thread's clock (cpu_ratio None)",
-)
 def test_ended_threads_leave_no_cpu_clock_behind() -> None:
     """Once the threads that ran loops have ended, the watchdog keeps no CPU clock for them."""
     with loopwatch.watch(threshold=THRESHOLD):
@@ -196,10 +191,6 @@ def test_ended_threads_leave_no_cpu_clock_behind() -> None:
     assert clocks <= {threading.get_ident()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Session.receive_event keeps every distinct message (and scans them all for each one)",
-)
 def test_distinct_events_are_capped() -> None:
     """A long session's events (each naming a loop, say) stay capped."""
     with loopwatch.watch(threshold=THRESHOLD) as session:
