@@ -54,8 +54,10 @@ def test_find_blocking(tmp_path: Path) -> None:
     script = EXAMPLES / "find_blocking.py"
     result = run(script, cwd=tmp_path)
     assert result.returncode == 0, explain(result)
-    assert f"find_blocking.py:{line_of(script, 'time.sleep(0.2)')}: blocked" in result.stdout
-    assert "(wait)" in result.stdout, explain(result)
+    line = line_of(script, "time.sleep(0.2)")
+    assert re.search(rf"block: the loop was stuck for 0\.\d\d s at \S*find_blocking\.py:{line} "
+                     r"in load_user_from_legacy_db\(\) \(wait, ", result.stdout), explain(result)
+    assert "use an async API, or @loopwatch.offload" in result.stdout, explain(result)
 
 
 def test_offload_auto(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ def hash_password(password: str) -> bytes:
 # The fix. loopwatch's advice for this block is 'CPU-bound in C code that releases
 # the GIL: @loopwatch.offload("thread")': hashlib lets go of the GIL while it
 # hashes, so a thread runs it in parallel with the loop (no pickling, no process).
+# ("process" would work too, at the cost of sending each call to another process.)
 @loopwatch.offload("thread")
 def hash_password_in_thread(password: str) -> bytes:
     """``hash_password``, awaited: it runs in loopwatch's shared thread pool."""
