@@ -15,6 +15,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 
@@ -69,9 +70,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":  # worker processes import this file: start nothing at import
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    # the decisions are logged on the "loopwatch" logger: show them among the prints
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout,
+                        format="  [log] %(name)s: %(message)s")
     with loopwatch.watch(threshold=0.05) as session:
         asyncio.run(main())
-    print("\nreport events:")
-    for event in session.report().events:
-        print(" -", event)
+    events = session.report().events
+    print(f"\nthe report's events list the same {len(events)} decisions, for when logging is off")

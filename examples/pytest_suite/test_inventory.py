@@ -1,6 +1,6 @@
 """Tests for inventory.py, to see what ``pytest --loopwatch`` says about them.
 
-    pip install loopwatch pytest pytest-asyncio
+    pip install pytest pytest-asyncio      # and loopwatch: pip install . from its checkout
     python -m pytest examples/pytest_suite --loopwatch                        # blocks fail
     python -m pytest examples/pytest_suite --loopwatch --loopwatch-mode=warn  # blocks warn
 
