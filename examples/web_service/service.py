@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(serve(args.port, fixed=args.fixed))
         except KeyboardInterrupt:
             pass
+        except OSError as error:  # most likely the port is taken
+            parser.exit(1, f"cannot serve on port {args.port}: {error.strerror}; "
+                           f"try --port with another number (0: any free port)\n")
     print(f"blocks over 100 ms, by line: {dict(counter.by_site) or 'none'}")
 
 
