@@ -472,7 +472,7 @@ class LoopwatchPlugin:
     def _start(self) -> None:
         from loopwatch.session import Session
 
-        self._session = Session(self._core_config, inline_on_block=True).start()
+        self._session = Session(self._core_config, inline_on_block=True, log_blocks=False).start()
         self._watched = True
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -596,7 +596,7 @@ class LoopwatchPlugin:
                     pending.append(block)
 
             state.extra = Session(
-                _core_config(rules.threshold, lower), inline_on_block=True
+                _core_config(rules.threshold, lower), inline_on_block=True, log_blocks=False
             ).start()
         return error
 
@@ -1100,7 +1100,9 @@ def loopwatch(request: pytest.FixtureRequest) -> Generator[LoopwatchBlocks, None
         pytest.fail(str(error), pytrace=False)
     from loopwatch.session import Session
 
-    session = Session(_core_config(rules.threshold, lambda block: None, max_blocks=1000))
+    session = Session(
+        _core_config(rules.threshold, lambda block: None, max_blocks=1000), log_blocks=False
+    )
     session.start()
     try:
         yield LoopwatchBlocks(rules.threshold, lambda: list(session.blocks))

@@ -40,11 +40,16 @@ class Session:
     Use :func:`watch` to make one.
     """
 
-    def __init__(self, config: Config, *, inline_on_block: bool = False) -> None:
+    def __init__(
+        self, config: Config, *, inline_on_block: bool = False, log_blocks: bool = True
+    ) -> None:
         self.config = config
         # Internal users whose on_block is a quick append (the pytest plugin) need it
         # called before the watchdog moves on, not later in the sinks thread.
         self._inline_on_block = inline_on_block
+        # The pytest plugin reports blocks itself: a log record too would land in
+        # whichever test phase is running when the sinks thread gets to it.
+        self._log_blocks = log_blocks
         self.started = 0.0
         self.stopped: float | None = None
         self._lock = threading.Lock()
@@ -191,7 +196,8 @@ class Session:
                 log_once(f"on_block-{id(self)}", "loopwatch on_block callback raised")
             on_block = None
         # Logging handlers, callbacks and sinks may be slow: not in the watchdog's thread.
-        self._deliver("on_block callback", self._announce, block, on_block)
+        if self._log_blocks or on_block is not None:
+            self._deliver("on_block callback", self._announce, block, on_block, self._log_blocks)
         for sink in self.config.sinks:
             self._deliver(f"sink {type(sink).__name__}.block", sink.block, block)
             self._deliver(
@@ -200,15 +206,16 @@ class Session:
             )
 
     @staticmethod
-    def _announce(block: Block, on_block: Callable[[Block], Any] | None) -> None:
-        block_logger.warning(
-            "event loop blocked for %.0f ms (%s) at %s in %s%s",
-            block.duration * 1000,
-            block.kind,
-            block.site or "an unknown line",
-            block.function or "?",
-            f", task {block.task}" if block.task else "",
-        )
+    def _announce(block: Block, on_block: Callable[[Block], Any] | None, log: bool) -> None:
+        if log:
+            block_logger.warning(
+                "event loop blocked for %.0f ms (%s) at %s in %s%s",
+                block.duration * 1000,
+                block.kind,
+                block.site or "an unknown line",
+                block.function or "?",
+                f", task {block.task}" if block.task else "",
+            )
         if on_block is not None:
             on_block(block)
 
