@@ -609,6 +609,9 @@ class Watchdog:
         held = self._lock.acquire(timeout=_FORK_WAIT)
         self._fork_held[threading.get_ident()] = held
         if held:
+            # Blocks that have ended reach the sessions first, so that the child's
+            # copies hold everything found up to the fork.
+            self._safe_flush()
             try:
                 self._deadman.disarm()
             except Exception:
@@ -678,6 +681,15 @@ class Watchdog:
     # -- the thread -----------------------------------------------------------
 
     def _run(self) -> None:
+        # The watchdog's own run-queue time: waking late because every CPU was
+        # taken is not waking late because a loop thread held the GIL.
+        own = ThreadClock(threading.get_ident(), threading.get_native_id())
+        try:
+            self._loop_forever(own)
+        finally:
+            own.close()
+
+    def _loop_forever(self, own: ThreadClock) -> None:
         late = 0.0
         while True:
             with self._lock:
@@ -688,12 +700,17 @@ class Watchdog:
                 except Exception:
                     log_once("watchdog", "loopwatch's watchdog failed; detection may be incomplete")
                     interval = 0.05
+            before = own.quick()
             asleep = time.monotonic()
             woken = self._wake.wait(interval)
             self._wake.clear()
             # Waking late means another thread held the GIL (or the machine is
             # overloaded): that is how a block is known to hold the GIL.
             late = 0.0 if woken else max(0.0, time.monotonic() - asleep - interval)
+            if late:
+                after = own.quick()
+                if before and after and before[1] is not None and after[1] is not None:
+                    late = max(0.0, late - (after[1] - before[1]))
 
     def _step(self, now: float, flush: bool = False, late: float = 0.0) -> float:
         settings = self._settings
