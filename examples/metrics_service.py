@@ -75,6 +75,15 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    prometheus_client.start_http_server(args.port, addr="127.0.0.1")
+    try:
+        started = prometheus_client.start_http_server(args.port, addr="127.0.0.1")
+    except OSError as error:
+        parser.exit(2, f"metrics_service: cannot listen on port {args.port}: {error.strerror}\n")
+    port = args.port
+    if isinstance(started, tuple):  # prometheus-client >= 0.20 returns (server, thread)
+        port = started[0].server_port
+    elif port == 0:
+        parser.exit(2, "metrics_service: --port 0 needs prometheus-client >= 0.20\n")
+    print(f"metrics on http://127.0.0.1:{port}/metrics")
     with loopwatch.watch(threshold=0.1, sinks=[PrometheusSink()]):
-        asyncio.run(main(args.port, args.seconds))
+        asyncio.run(main(port, args.seconds))
