@@ -191,6 +191,26 @@ def test_ended_threads_leave_no_cpu_clock_behind() -> None:
     assert clocks <= {threading.get_ident()}
 
 
+async def _compute() -> None:
+    await asyncio.sleep(0)
+    deadline = time.perf_counter() + BLOCK
+    while time.perf_counter() < deadline:  # pure Python: the thread's CPU clock runs
+        pass
+    await asyncio.sleep(0)
+
+
+def test_a_thread_after_an_ended_one_gets_its_own_cpu_clock() -> None:
+    """Threads started one after another (often given the same id) each get a CPU ratio."""
+    with loopwatch.watch(threshold=THRESHOLD) as session:
+        for _ in range(3):
+            thread = threading.Thread(target=asyncio.run, args=(_compute(),))
+            thread.start()
+            thread.join()
+    ratios = [b.cpu_ratio for b in session.report().blocks]
+    assert len(ratios) == 3
+    assert all(r is not None and r > 0.5 for r in ratios), ratios
+
+
 def test_distinct_events_are_capped() -> None:
     """A long session's events (each naming a loop, say) stay capped."""
     with loopwatch.watch(threshold=THRESHOLD) as session:
