@@ -345,6 +345,11 @@ class SelectorProbe(Probe):
         """Time every iteration from now on (wraps ``select``); see the module docstring."""
         self.want_exact = True
 
+    def exact_from_first_iteration(self) -> None:
+        """Switch now, in the loop's thread before its first iteration (none is in progress)."""
+        if self.want_exact and not self.exact:
+            self._switch_to_exact(0.0)
+
     def go_sampled(self) -> None:
         """Back to no cost per iteration (only for loops that were switched to exact mode)."""
         self.want_exact = False
@@ -371,7 +376,9 @@ class SelectorProbe(Probe):
         if self.exact:
             return self.iter_start
         start = self._sampled_start(frame)
-        if self.want_exact and self._end_armed_for is None:
+        if self.want_exact and self._end_armed_for is None and start:
+            # Only on a look that found an iteration in progress: switching on an
+            # empty look (a flush passes no frame) would leave that iteration untimed.
             self._switch_to_exact(start)
         return start
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import TracebackType
@@ -30,6 +32,9 @@ T = TypeVar("T")
 
 #: Loop statistics kept per session; more loops than this are still counted in the total.
 _MAX_LOOPS = 256
+#: Every session not yet garbage: their locks are replaced in a forked child.
+_SESSIONS: weakref.WeakSet[Session] = weakref.WeakSet()
+
 #: Distinct events kept per session (each may name a loop: a suite makes thousands).
 _MAX_EVENTS = 100
 
@@ -53,6 +58,7 @@ class Session:
         self.started = 0.0
         self.stopped: float | None = None
         self._lock = threading.Lock()
+        _SESSIONS.add(self)
         self._blocks: deque[Block] = deque(maxlen=config.max_blocks)
         self._sites = SiteTable()
         self._loops: dict[str, LoopStats] = {}
@@ -82,6 +88,7 @@ class Session:
             self._deliver(f"sink {type(sink).__name__}.open", sink.open, self)
         WATCHDOG.subscribe(self)
         WATCHDOG.attach_running_loops()
+        WATCHDOG.wait_ready()
         return self
 
     def stop(self) -> None:
@@ -250,6 +257,19 @@ class Session:
                 self._events[message] = None
             else:
                 self._events_dropped += 1
+
+
+def _reset_locks_after_fork() -> None:
+    # A thread of the parent reading a report at fork time held a session's lock;
+    # that thread does not exist in the child, so the lock would never be released.
+    # Readers only read, and the watchdog held its own lock across the fork, so the
+    # data are whole.
+    for session in list(_SESSIONS):
+        session._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_reset_locks_after_fork)
 
 
 def watch(

@@ -11,6 +11,7 @@ behind, further deliveries are dropped and counted rather than held in memory.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -170,3 +171,19 @@ class Dispatcher:
 
 
 DISPATCHER = Dispatcher()
+
+
+def _reset_after_fork() -> None:
+    """In a forked child: the sinks thread is gone, and its lock may have gone with it held.
+
+    The parent delivers what was queued before the fork; the child starts afresh
+    (a new thread on its first delivery) so that no callback runs twice.
+    """
+    DISPATCHER._cond = threading.Condition()
+    DISPATCHER._queue = deque()
+    DISPATCHER._thread = None
+    DISPATCHER._running = None
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -399,6 +399,8 @@ class Watchdog:
         self._subscribers: list[Subscriber] = []
         self._probes: list[Probe] = []
         self._thread: threading.Thread | None = None
+        #: set once the watchdog thread has taken its first look
+        self._ready = threading.Event()
         self._wake = threading.Event()
         self._stopping = False
         self._discovery = Discovery(self._on_loop, self._on_run_end)
@@ -437,6 +439,7 @@ class Watchdog:
     def _start_thread(self) -> None:
         self._stopping = False
         self._wake.clear()
+        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loopwatch-watchdog", daemon=True)
         self._thread.start()
 
@@ -472,6 +475,14 @@ class Watchdog:
             self._deadman.stop()
             self._deadman.refused = False
             self._settings = None
+
+    def wait_ready(self, timeout: float = 1.0) -> None:
+        """Wait (outside the lock) until the watchdog thread is looking at the loops.
+
+        Until then it cannot see a block: a C call holding the GIL from the very
+        start of the watch would keep it from ever starting to look, and end unseen.
+        """
+        self._ready.wait(timeout)
 
     def active(self) -> bool:
         return bool(self._subscribers)
@@ -583,7 +594,7 @@ class Watchdog:
             if isinstance(probe, SelectorProbe) and probe.want_exact and thread_id is None:
                 # In the loop's own thread, before its first iteration: switch now,
                 # or that iteration would go untimed.
-                probe.busy_since(None, time.monotonic(), 0.0)
+                probe.exact_from_first_iteration()
             _precise.track(loop, probe)
             # A first CPU reading, so that a block in the very first iteration has one.
             probe.wd = _Tracking(last=_Reading(time.monotonic(), probe.cpu_quick()))
@@ -700,6 +711,7 @@ class Watchdog:
                 except Exception:
                     log_once("watchdog", "loopwatch's watchdog failed; detection may be incomplete")
                     interval = 0.05
+            self._ready.set()
             before = own.quick()
             asleep = time.monotonic()
             woken = self._wake.wait(interval)
@@ -774,6 +786,14 @@ class Watchdog:
     ) -> bool:
         """Sample the probe's loop if it is blocking; finish blocks that ended."""
         wd: _Tracking = probe.wd
+        if flush and probe.alive():
+            # A report is wanted now (from any thread): finish the iterations that
+            # have ended, and leave the one in progress to the next real look; a
+            # look without the loop thread's frame would take it for over.
+            while probe.ended:
+                began, ended, clock, resolution, callback, tag = probe.ended.popleft()
+                self._finish(probe, began, ended, clock, settings, resolution, callback, tag)
+            return False
         # Look at the loop before draining ended iterations: the loop thread
         # records an iteration's end before it starts the next one.
         start = probe.busy_since(None if flush else frame, now, settings.heartbeat)

@@ -405,11 +405,6 @@ def test_fork_while_not_watching_changes_nothing() -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="loopwatch.sinks: the dispatcher keeps the parent's (gone) thread after fork, so "
-    "the child's deliveries never run and leaving watch() waits for DRAIN_TIMEOUT",
-)
 def test_on_block_runs_in_a_forked_child(monkeypatch: pytest.MonkeyPatch) -> None:
     """on_block is called for the child's block, even if the parent's sinks thread was running."""
     monkeypatch.setattr(sinks_module, "DRAIN_TIMEOUT", 1.0)  # what a stuck dispatcher costs here
@@ -426,11 +421,6 @@ def test_on_block_runs_in_a_forked_child(monkeypatch: pytest.MonkeyPatch) -> Non
     assert in_child == [marked(HERE, "child-sleep")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="loopwatch.sinks: the dispatcher's lock, held by its thread at fork time, stays "
-    "held in the child, so the child's first delivery (or watch()) waits forever",
-)
 def test_fork_while_the_sinks_thread_is_busy() -> None:
     """A fork while the dispatcher's lock is held (its thread between deliveries): no hang."""
     holding = threading.Event()
@@ -453,11 +443,6 @@ def test_fork_while_the_sinks_thread_is_busy() -> None:
     assert sites(answer_of(*started, deadline=3.0)["blocks"]) == [marked(HERE, "child-sleep")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="loopwatch.session: a Session's lock held by another thread at fork time stays "
-    "held in the child, so report() there waits forever",
-)
 def test_fork_while_another_thread_reads_the_report() -> None:
     """A thread calls report() while the program forks: the child's report() works."""
     stop = threading.Event()

@@ -219,16 +219,7 @@ class Readers:
             self.errors.append(exc)
 
 
-#: Not strict: the blocks go missing in most runs, not all. Remove once fixed.
-LOST_BLOCKS = pytest.mark.xfail(
-    strict=False,
-    reason="loopwatch.probe: a look that finds no iteration in progress (report()'s flush "
-    "passes no frame) may switch the loop to exact mode with no start for the iteration in "
-    "progress, which then goes untimed: that block is lost",
-)
 
-
-@LOST_BLOCKS
 def test_report_and_blocks_read_from_other_threads_while_the_loop_blocks() -> None:
     """Three threads read report() and blocks in a tight loop over ten 80 ms blocks."""
 
@@ -249,7 +240,6 @@ def test_report_and_blocks_read_from_other_threads_while_the_loop_blocks() -> No
     assert any(0 < n < 10 for counts in readers.seen for n in counts)
 
 
-@LOST_BLOCKS
 def test_stop_while_other_threads_read_the_report() -> None:
     """stop() (from three threads at once) while readers spin: no error, the result is final."""
     stoppers = threading.Barrier(3)
