@@ -30,6 +30,14 @@ def log_once(key: str, message: str, *, exc_info: bool = True) -> bool:
     return True
 
 
+def forget_owner(owner: object) -> None:
+    """Forget the keys of one owner (``"... <id(owner)>"``): its id may be reused later."""
+    suffix = f" {id(owner)}"
+    with _seen_lock:
+        for key in [k for k in _seen if k.endswith(suffix)]:
+            _seen.discard(key)
+
+
 def forget(key: str) -> None:
     """Allow ``key`` to be logged again (used by tests)."""
     with _seen_lock:

@@ -396,7 +396,8 @@ def _sites_table(report: Report, limit: int) -> RenderableType:
     for site in report.sites[:limit]:
         cell = Text()
         cell.append(short_site(site.site), style="bold")
-        cell.append(f" in {site.function or '?'}")
+        if site.function:
+            cell.append(f" in {site.function}")
         short = site.count - site.blocks
         if cuts_known and short >= _MANY_CUTS:
             over = f"{site.blocks} over" if site.blocks else "none over"

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from loopwatch._log import block_logger, log_once
+from loopwatch._log import block_logger, forget_owner, log_once
 from loopwatch.config import Config
 from loopwatch.errors import LoopBlockedError
 from loopwatch.model import Block, FunctionStat, LoopStats, Report, SiteTable
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: Loop statistics kept per session; more loops than this are still counted in the total.
+#: Loop statistics kept per session (the first ones seen; later loops' blocks still count).
 _MAX_LOOPS = 256
 #: Every session not yet garbage: their locks are replaced in a forked child.
 _SESSIONS: weakref.WeakSet[Session] = weakref.WeakSet()
@@ -105,6 +105,7 @@ class Session:
             # Leaving watch() means its callbacks have run (a hung one is waited for
             # only so long: the program must not hang on loopwatch's account).
             DISPATCHER.release(wait=DISPATCHER.drain(self))
+            forget_owner(self)  # a later session may get this one's id
             if self._log_handler is not None:
                 block_logger.removeHandler(self._log_handler)
                 self._log_handler = None
@@ -200,7 +201,7 @@ class Session:
             try:
                 on_block(block)
             except Exception:
-                log_once(f"on_block-{id(self)}", "loopwatch on_block callback raised")
+                log_once(f"on_block {id(self)}", "loopwatch on_block callback raised")
             on_block = None
         # Logging handlers, callbacks and sinks may be slow: not in the watchdog's thread.
         if self._log_blocks or on_block is not None:

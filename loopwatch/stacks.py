@@ -63,6 +63,10 @@ def _library_roots() -> tuple[str, ...]:
     return tuple(sorted(r.rstrip(os.sep) + os.sep for r in resolved))
 
 
+#: Files whose verdict is remembered; beyond this the memory starts afresh.
+_CACHE_LIMIT = 4096
+
+
 class UserCode:
     """Decides which files are the user's code (not the stdlib, site-packages or loopwatch).
 
@@ -83,6 +87,8 @@ class UserCode:
         if known is not None:
             return known
         verdict = self._decide(filename)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()  # code compiled under ever new names: stay bounded
         self._cache[filename] = verdict
         return verdict
 

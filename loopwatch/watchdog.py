@@ -389,6 +389,8 @@ _WINDOW = 1.0
 #: How long os.fork() waits for the watchdog to finish what it is doing (a step takes
 #: well under a millisecond); past that the fork goes ahead and the child starts afresh.
 _FORK_WAIT = 1.0
+#: Distinct stacks a block keeps (the most sampled ones).
+_STACKS_KEPT = 100
 
 
 class Watchdog:
@@ -899,6 +901,9 @@ class Watchdog:
         for probe in self._probes:
             if not isinstance(probe, SelectorProbe) or probe.exact or probe.want_exact:
                 continue
+            loop = probe.loop
+            if loop is None or not loop.is_running():
+                continue  # its thread computing is not this loop's doing
             before, cpu = probe.wd.last, probe.cpu_quick()
             if before is None or before.cpu is None or cpu is None:
                 continue
@@ -1018,7 +1023,8 @@ class Watchdog:
             coroutine=wd.coroutine if seen else None,
             callback=callback,
             samples=sum(samples.values()) + len(dumps),
-            stacks=tuple(Stack(f, c) for f, c in weighted.most_common()),
+            # a pathological iteration (hours long) must not make an endless list
+            stacks=tuple(Stack(f, c) for f, c in weighted.most_common(_STACKS_KEPT)),
             source=source,
             resolution=resolution or probe.resolution,
             advice=advise(kind, gil_held, gc_time > 0.5 * duration),
