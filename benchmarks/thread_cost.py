@@ -1,11 +1,16 @@
 """What the mere existence of a second thread costs a system call in the loop thread.
 
 asyncio calls ``select``/``epoll`` once per loop iteration (with timeout 0 when
-callbacks are ready). On Linux, once a process has a second thread, every such
-call costs more: the C library takes its multi-threaded paths (cancellation
-points, atomic lock operations), whatever the other thread does and even when it
-is not a Python thread. loopwatch's watchdog is one such thread, so this is the
-floor of its overhead on a loop that runs one trivial callback per iteration.
+callbacks are ready). On Linux, while a process has a second thread, every such
+call costs more, whatever the other thread does and even when it is not a
+Python thread: threads share one file-descriptor table, and the kernel then
+counts references on the file for each system call on a descriptor (with the
+table to itself it skips that). A thread that takes a private copy of the table
+(``unshare(CLONE_FILES)``) removes the cost, which is how the cause shows; but a
+Python thread cannot safely do that, since any finalizer (a socket's ``close``)
+may run in it and would act on its copy. loopwatch's watchdog is one such
+thread, so this is the floor of its overhead on a loop that runs one trivial
+callback per iteration.
 
     python benchmarks/thread_cost.py [--rounds 7]
 
@@ -14,7 +19,7 @@ back), interleaved round by round; each child reports its thread CPU time
 (``time.thread_time``) for 300k ``epoll.poll(0)`` calls and for a pure-Python
 loop that makes no system call. Configurations: alone; with a C thread sleeping
 in ``pause()`` (started through ctypes, unknown to Python); with an idle Python
-thread.
+thread; with an idle Python thread that first unshares its descriptor table.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import threading
 import time
 
 CALLS = 300_000
-CONFIGS = ("alone", "C thread", "Python thread")
+CONFIGS = ("alone", "C thread", "Python thread", "own fd table")
+_CLONE_FILES = 0x400
 
 
 def poll_zero() -> float:
@@ -61,6 +67,17 @@ def child(config: str) -> None:
             raise SystemExit("could not start a C thread")
     elif config == "Python thread":
         threading.Thread(target=threading.Event().wait, daemon=True).start()
+    elif config == "own fd table":
+        unshared = threading.Event()
+
+        def idle() -> None:
+            if ctypes.CDLL(None).unshare(_CLONE_FILES) != 0:
+                raise SystemExit("unshare(CLONE_FILES) failed")
+            unshared.set()
+            threading.Event().wait()
+
+        threading.Thread(target=idle, daemon=True).start()
+        unshared.wait(5)
     poll_zero()  # warm-up
     print(json.dumps({"poll": min(poll_zero() for _ in range(3)),
                       "pure": min(pure_python() for _ in range(3))}))
