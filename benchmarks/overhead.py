@@ -5,6 +5,9 @@ machine's noise hits all modes alike, and compared with bare asyncio measured
 in the same run. The headline ratio compares the best (fastest) round of each
 mode: on a shared machine, noise only ever adds time, so the minimum is the
 most repeatable estimate of the true cost. The median ratio is printed beside it.
+The CPU columns compare the process's CPU time (every thread: the loop's and
+loopwatch's own) over the same call, best round: less shaken by other programs
+on the machine than wall time, and it counts work done on another core too.
 
 "bare + 1 idle thread" is bare asyncio with one more thread that only waits:
 on Linux, any second thread makes every system call the loop makes (its
@@ -168,6 +171,7 @@ def compare(
     for name, work, size in WORKLOADS:
         n = max(1, int(size * scale))
         times: dict[str, list[float]] = {mode: [] for mode in modes}
+        cpu: dict[str, list[float]] = {mode: [] for mode in modes}
         modes[baseline](work, max(1, n // 10))  # warm-up: imports, first-loop costs
         for round_ in range(rounds):
             order = list(modes)
@@ -176,15 +180,19 @@ def compare(
                 if mode in heavy and round_ >= heavy_rounds:
                     continue
                 gc.collect()
+                cpu_start = time.process_time()
                 times[mode].append(modes[mode](work, n))
+                cpu[mode].append(time.process_time() - cpu_start)
         best_base = min(times[baseline])
         median_base = statistics.median(times[baseline])
+        cpu_base = min(cpu[baseline])
         print(f"\n{name} (n={n:,})")
         for mode, values in times.items():
             best, median = min(values), statistics.median(values)
             note = f"   ({len(values)} rounds)" if mode in heavy else ""
             print(f"  {mode:<{width}} best {best:7.3f} s  {best / best_base:6.3f}x   "
-                  f"median {median:7.3f} s  {median / median_base:6.3f}x{note}")
+                  f"median {median:7.3f} s  {median / median_base:6.3f}x   "
+                  f"CPU best {min(cpu[mode]) / cpu_base:6.3f}x{note}")
         if debug:
             slow = _debug(work, max(1, n // 10)) * 10
             print(f"  {'asyncio debug mode':<{width}} ~    {slow:7.3f} s  "
