@@ -513,6 +513,10 @@ class Watchdog:
 
     def flush(self) -> None:
         """Finish every block that has ended, now (used before reading a report)."""
+        if not any(probe.ended or not probe.alive() for probe in list(self._probes)):
+            # Nothing to finish: readers polling report() in a tight loop must not
+            # keep the watchdog from its lock (it would miss samples, even blocks).
+            return
         with self._lock:
             self._safe_flush()
 

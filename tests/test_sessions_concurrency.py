@@ -233,9 +233,13 @@ def test_report_and_blocks_read_from_other_threads_while_the_loop_blocks() -> No
     assert not readers.errors, readers.errors
     report = session.report()
     check_consistent(report)
-    assert sites(report.blocks) == [marked(HERE, "repeated")] * 10
+    # Every one of the ten is found at its line. Three threads spinning on report()
+    # starve the loop thread of the GIL, so an iteration that only had a little to do
+    # (starting or closing the loop) may take over 50 ms too: a real block, elsewhere.
+    repeated = [b for b in report.blocks if b.site == marked(HERE, "repeated")]
+    assert len(repeated) == 10, sites(report.blocks)
     # a sleep never looks like computing (a ratio may be missing: see the report)
-    assert not [b for b in report.blocks if b.kind in ("cpu", "mixed")], report.blocks
+    assert not [b for b in repeated if b.kind in ("cpu", "mixed")], repeated
     # the readers ran while the loop blocked, not only before and after
     assert any(0 < n < 10 for counts in readers.seen for n in counts)
 
