@@ -210,7 +210,10 @@ def test_forked_child_watches_its_own_loop_and_thread() -> None:
     (block,) = Report.from_dict(answer["report"]).blocks
     assert block.site == marked(HERE, "child-cpu")
     assert block.duration == pytest.approx(answer["elapsed"], rel=0.25)
-    assert block.cpu_ratio is not None and block.cpu_ratio > 0.5, block
+    # An inherited clock would read the idle parent thread: near 0. On a machine whose
+    # cores are all busy the child's threads also queue for the GIL, which lowers a
+    # real computing ratio (seen at 0.47 beside two CPU hogs), so the bar is low.
+    assert block.cpu_ratio is not None and block.cpu_ratio > 0.3, block
     # the parent went on watching, and saw only its own block
     assert sites(parent.report().blocks) == [marked(HERE, "parent")]
 
