@@ -490,9 +490,13 @@ class Watchdog:
         return bool(self._subscribers)
 
     def live_loops(self) -> list[LoopStats]:
-        """Fresh statistics of the loops being watched (any thread may ask)."""
-        with self._lock:
-            return [self._loop_stats(probe) for probe in self._probes]
+        """Fresh statistics of the loops being watched (any thread may ask).
+
+        Read without the watchdog's lock: a reader polling report() in a tight
+        loop must not keep the watchdog from its work. The numbers are read field
+        by field, so one may be a look newer than another; that is all.
+        """
+        return [self._loop_stats(probe) for probe in list(self._probes)]
 
     def attach_running_loops(self) -> None:
         """Watch, right away, the loop running in this thread and asyncio loops in other threads."""
