@@ -281,9 +281,11 @@ def test_stop_while_other_threads_read_the_report() -> None:
     assert not errors and not readers.errors, (errors, readers.errors)
     assert not session.running and not WATCHDOG.active()
     final = session.report()
-    assert sites(final.blocks) == [marked(HERE, "before-stop")] * 3
+    # (the spinning readers may starve the loop thread into one more, real, block
+    # while the loop starts or closes: see the test above)
+    assert sites(final.blocks).count(marked(HERE, "before-stop")) == 3, sites(final.blocks)
     # after stop, every reader's last snapshot was the final one
-    assert all(counts[-1] == 3 for counts in readers.seen)
+    assert all(counts[-1] == len(final.blocks) for counts in readers.seen)
 
 
 @pytest.mark.parametrize("order", ["last-in-first-out", "first-in-first-out"])
