@@ -35,6 +35,19 @@ _MAX_LOOPS = 256
 #: Every session not yet garbage: their locks are replaced in a forked child.
 _SESSIONS: weakref.WeakSet[Session] = weakref.WeakSet()
 
+#: What each sink (by id) was last given: a sink shared by nested sessions gets a
+#: finding once, not once per session. Only the watchdog thread touches it.
+_last_given: dict[int, object] = {}
+
+
+def _first_time(sink: Sink, finding: object) -> bool:
+    key = id(sink)
+    if _last_given.get(key) is finding:
+        return False
+    _last_given[key] = finding
+    return True
+
+
 #: Distinct events kept per session (each may name a loop: a suite makes thousands).
 _MAX_EVENTS = 100
 
@@ -102,6 +115,7 @@ class Session:
             self.stopped = time.monotonic()
             for sink in self.config.sinks:
                 self._deliver(f"sink {type(sink).__name__}.close", sink.close)
+                _last_given.pop(id(sink), None)
             # Leaving watch() means its callbacks have run (a hung one is waited for
             # only so long: the program must not hang on loopwatch's account).
             DISPATCHER.release(wait=DISPATCHER.drain(self))
@@ -207,6 +221,8 @@ class Session:
         if self._log_blocks or on_block is not None:
             self._deliver("on_block callback", self._announce, block, on_block, self._log_blocks)
         for sink in self.config.sinks:
+            if not _first_time(sink, block):
+                continue
             self._deliver(f"sink {type(sink).__name__}.block", sink.block, block)
             self._deliver(
                 f"sink {type(sink).__name__}.slow_iteration",
@@ -240,6 +256,8 @@ class Session:
             self._sites.add(cut.site or UNSAMPLED, cut.function, cut.duration, cut.cpu_ratio,
                             None, cut.gc_time, block=False)
         for sink in self.config.sinks:
+            if not _first_time(sink, cut):
+                continue
             self._deliver(
                 f"sink {type(sink).__name__}.slow_iteration",
                 sink.slow_iteration, cut.loop, cut.duration, cut.site, False,

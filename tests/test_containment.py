@@ -229,6 +229,27 @@ def test_sink_receives_blocks_and_slow_iterations_in_its_own_thread() -> None:
     assert [stats.loop for stats in recorder.live] == [block.loop]  # live while running
 
 
+def test_a_sink_shared_by_nested_sessions_gets_each_finding_once() -> None:
+    recorder = Recorder()
+
+    async def main() -> None:
+        await _block_once()
+        for _ in range(5):  # cuts
+            await asyncio.sleep(0)
+            time.sleep(0.02)
+
+    with loopwatch.watch(threshold=THRESHOLD, sinks=[recorder]), loopwatch.watch(
+        threshold=THRESHOLD, sinks=[recorder]
+    ) as inner:
+        asyncio.run(main())
+    (block,) = inner.report().blocks
+    assert [c for c in recorder.calls if c[0] == "block"] == [("block", block.site)]
+    blocked = [c for c in recorder.calls if c[0] == "slow" and c[2]]
+    assert len(blocked) == 1
+    cuts = [c for c in recorder.calls if c[0] == "slow" and not c[2]]
+    assert 0 < len(cuts) <= 5  # not twice each
+
+
 def test_failing_sink_is_logged_once_and_keeps_being_called(caplog: Any) -> None:
     class Broken(Sink):
         calls = 0
