@@ -223,6 +223,10 @@ class Probe:
         The loop itself must go on as if loopwatch were not there.
         """
         self.failure = where
+        self.log_failure(where)
+
+    def log_failure(self, where: str) -> None:
+        """Say once per kind of failure (with its traceback) that this loop is given up."""
         log_once(
             f"give-up {where}",
             f"loopwatch stopped watching {self.label} after an internal error in {where}; "

@@ -36,7 +36,8 @@ _MAX_LOOPS = 256
 _SESSIONS: weakref.WeakSet[Session] = weakref.WeakSet()
 
 #: What each sink (by id) was last given: a sink shared by nested sessions gets a
-#: finding once, not once per session. Only the watchdog thread touches it.
+#: finding once, not once per session. Filled by the watchdog thread (findings reach
+#: the sessions one after another); a stopping session drops its sinks' entries.
 _last_given: dict[int, object] = {}
 
 

@@ -466,14 +466,8 @@ class Watchdog:
             self._gc.remove()
             _precise.remove()
             self._set_profiler(None)
-            for probe in self._probes:
-                probe.detach()
-            self._probes = []
-            self._by_loop = weakref.WeakKeyDictionary()
+            self._drop_all_loops()
             self._given_up = weakref.WeakSet()
-            for clock in self._clocks.values():
-                clock.close()
-            self._clocks = {}
             self._deadman.stop()
             self._deadman.refused = False
             self._settings = None
@@ -685,15 +679,7 @@ class Watchdog:
                 loop = probe.loop
                 if loop is not None and loop.is_running():
                     self._inherited.add(loop)
-                try:
-                    probe.detach()  # closes its CPU clock's file: the parent thread's
-                except Exception:
-                    pass
-            self._probes = []
-            self._by_loop = weakref.WeakKeyDictionary()
-            for clock in self._clocks.values():
-                clock.close()
-            self._clocks = {}
+            self._drop_all_loops()  # their CPU clocks' files are the parent threads'
             self._gc.pauses.clear()
             self._deadman.forget_after_fork(maybe_armed=not held)
         except Exception:
@@ -800,18 +786,14 @@ class Watchdog:
             # A report is wanted now (from any thread): finish the iterations that
             # have ended, and leave the one in progress to the next real look; a
             # look without the loop thread's frame would take it for over.
-            while probe.ended:
-                began, ended, clock, resolution, callback, tag = probe.ended.popleft()
-                self._finish(probe, began, ended, clock, settings, resolution, callback, tag)
+            self._finish_ended(probe, settings)
             return False
         # Look at the loop before draining ended iterations: the loop thread
         # records an iteration's end before it starts the next one.
         start = probe.busy_since(None if flush else frame, now, settings.heartbeat)
         if start == wd.done:
             start = 0.0  # a stale look at an iteration already finished
-        while probe.ended:
-            began, ended, clock, resolution, callback, tag = probe.ended.popleft()
-            self._finish(probe, began, ended, clock, settings, resolution, callback, tag)
+        self._finish_ended(probe, settings)
         cpu = probe.cpu_quick()
         if start != wd.seen_start:
             if wd.seen_start and wd.samples:
@@ -870,6 +852,12 @@ class Watchdog:
                 coro = task.get_coro()
                 wd.coroutine = getattr(coro, "__qualname__", None) or repr(coro)
         return True
+
+    def _finish_ended(self, probe: Probe, settings: _Settings) -> None:
+        """Finish the iterations the loop thread recorded as ended."""
+        while probe.ended:
+            began, ended, clock, resolution, callback, tag = probe.ended.popleft()
+            self._finish(probe, began, ended, clock, settings, resolution, callback, tag)
 
     def _cut_prone(self, probe: Probe, wd: _Tracking, now: float) -> None:
         """The loop keeps having iterations over the site threshold ("a thousand cuts").
@@ -1131,12 +1119,9 @@ class Watchdog:
         kind (a test suite makes thousands of loops), and each session's report
         says which loop is no longer watched.
         """
-        log_once(
-            f"give-up {where}",
-            f"loopwatch stopped watching {probe.label} after an internal error in {where}; "
-            "the program and its other loops are not affected",
-            exc_info=probe.failure is None,
-        )
+        # A failure in the loop's thread was logged there, with its traceback.
+        if probe.failure is None:
+            probe.log_failure(where)
         if probe in self._probes:
             self._probes.remove(probe)
             self._drop_clock_if_unused(probe.thread_id)
@@ -1163,6 +1148,19 @@ class Watchdog:
         stats = self._loop_stats(probe)
         for subscriber in self._subscribers:
             subscriber.receive_loop(stats)
+
+    def _drop_all_loops(self) -> None:
+        """Detach every probe and close every CPU clock."""
+        for probe in self._probes:
+            try:
+                probe.detach()
+            except Exception:
+                log_once("detach", "loopwatch could not remove its hooks from a loop")
+        self._probes = []
+        self._by_loop = weakref.WeakKeyDictionary()
+        for clock in self._clocks.values():
+            clock.close()
+        self._clocks = {}
 
     def _drop_clock_if_unused(self, thread_id: int) -> None:
         """Threads come and go in a long-running service: keep clocks of live loops only."""
