@@ -90,6 +90,26 @@ def _payload(seconds: float) -> str:
     return "[" + ",".join([sample[1:-1]] * copies) + "]"
 
 
+def unsynced_backlog(path: str, seconds: float) -> None:
+    """Write to ``path`` what an ``fsync`` on it takes about ``seconds`` to flush to the disk.
+
+    Measured here first: a disk with a fast write cache flushes a fixed amount
+    too quickly to block anything, a slow one would take far too long.
+    """
+    chunk = os.urandom(1 << 20)
+    with open(path + ".probe", "wb") as out:
+        for _ in range(16):
+            out.write(chunk)
+        out.flush()
+        start = time.perf_counter()
+        os.fsync(out.fileno())
+        per_megabyte = max((time.perf_counter() - start) / 16, 1e-5)
+    os.unlink(path + ".probe")
+    with open(path, "wb") as out:
+        for _ in range(min(1024, max(16, round(seconds / per_megabyte)))):
+            out.write(chunk)
+
+
 async def service(url: str, blob: str, log_path: str) -> None:
     stop = asyncio.Event()
     beats = asyncio.create_task(heartbeat(stop), name="heartbeat")
@@ -116,9 +136,7 @@ def main() -> int:
     blob = _payload(0.2)
     with tempfile.TemporaryDirectory(prefix="loopwatch-demo-") as folder:
         log_path = os.path.join(folder, "audit.log")
-        with open(log_path, "wb") as log:
-            # unsynced writes from earlier: the fsync below has to wait for all of them
-            log.write(os.urandom(1 << 20) * 96)
+        unsynced_backlog(log_path, 0.15)
         try:
             with loopwatch.watch(threshold=THRESHOLD) as session:
                 asyncio.run(service(url, blob, log_path))

@@ -46,6 +46,7 @@ from typing import Any
 
 import yappi  # type: ignore[import-untyped]
 
+from loopwatch._fork import join_for_fork
 from loopwatch._log import log_once
 from loopwatch.model import Block, FunctionStat
 
@@ -149,10 +150,27 @@ class Profiler:
             self.problem = None
             self._start_yappi()
             if self.duty < 1:
-                self._stopping.clear()
-                self._duty_thread = threading.Thread(
-                    target=self._duty_cycle, name="loopwatch-profiler", daemon=True)
-                self._duty_thread.start()
+                self._start_duty_thread()
+
+    def _start_duty_thread(self) -> None:
+        self._stopping.clear()
+        self._duty_thread = threading.Thread(
+            target=self._duty_cycle, name="loopwatch-profiler", daemon=True)
+        self._duty_thread.start()
+
+    def stop_for_fork(self) -> None:
+        """End the duty thread before a fork (see :mod:`loopwatch._fork`); yappi stays as it is."""
+        thread = self._duty_thread
+        if thread is None or thread is threading.current_thread():
+            return
+        self._stopping.set()
+        join_for_fork(thread)
+        self._duty_thread = None
+
+    def resume_after_fork(self) -> None:
+        """After a fork, in parent and child: the duty cycle goes on in a new thread."""
+        if self._running and self.duty < 1 and self._duty_thread is None:
+            self._start_duty_thread()
 
     def stop(self) -> None:
         """Stop yappi, keep the functions of recent long iterations, clear yappi's results.

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from loopwatch._fork import FORK_WAIT, join_for_fork
 from loopwatch._log import log_once, logger
 
 if TYPE_CHECKING:
@@ -86,6 +87,8 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._running: _Delivery | None = None
         self._users = 0
+        #: set in the before-fork hook: the thread ends as soon as its queue is empty
+        self._forking = False
         self.dropped = 0
 
     def acquire(self) -> None:
@@ -111,13 +114,41 @@ class Dispatcher:
                 self.dropped += 1
                 return False
             self._queue.append(_Delivery(owner, what, call, args))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="loopwatch-sinks", daemon=True
-                )
-                self._thread.start()
+            if self._thread is None and not self._forking:
+                self._start_thread()
             self._cond.notify_all()
         return True
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="loopwatch-sinks", daemon=True)
+        self._thread.start()
+
+    def stop_for_fork(self) -> None:
+        """End the sinks thread once it has delivered what is queued.
+
+        See :mod:`loopwatch._fork`; a delivery that comes in meanwhile waits for
+        :meth:`resume_after_fork`.
+        """
+        if not self._cond.acquire(timeout=FORK_WAIT):
+            return  # held by a thread that is not coming back in time: fork as it is
+        try:
+            self._forking = True
+            thread = self._thread
+            self._cond.notify_all()
+        finally:
+            self._cond.release()
+        join_for_fork(thread)
+
+    def resume_after_fork(self) -> None:
+        """In the parent: deliveries that came in during the fork get a thread again."""
+        if not self._cond.acquire(timeout=FORK_WAIT):
+            return
+        try:
+            self._forking = False
+            if self._thread is None and self._queue:
+                self._start_thread()
+        finally:
+            self._cond.release()
 
     def drain(self, owner: object, timeout: float | None = None) -> bool:
         """Wait until ``owner``'s deliveries have run; False if it took over ``timeout``."""
@@ -151,7 +182,7 @@ class Dispatcher:
                 self._running = None
                 self._cond.notify_all()
                 while not self._queue:
-                    if self._users <= 0:
+                    if self._users <= 0 or self._forking:
                         self._thread = None
                         return
                     self._cond.wait()
@@ -183,7 +214,12 @@ def _reset_after_fork() -> None:
     DISPATCHER._queue = deque()
     DISPATCHER._thread = None
     DISPATCHER._running = None
+    DISPATCHER._forking = False
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_reset_after_fork)
+    os.register_at_fork(
+        before=DISPATCHER.stop_for_fork,
+        after_in_parent=DISPATCHER.resume_after_fork,
+        after_in_child=_reset_after_fork,
+    )

@@ -137,7 +137,10 @@ def _iteration_begins(frames: Sequence[Frame]) -> int:
 # faulthandler writes, for each thread:
 #   Thread 0x00007f3a1b2c3740 (most recent call first):
 #     File "/app/x.py", line 12 in handler
-_THREAD_RE = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-fA-F]+) \(most recent call first\):")
+# Python 3.14 names the thread after its id: ``Thread 0x7f.. [MainThread] (most recent ...``.
+_THREAD_RE = re.compile(
+    r"^(?:Current thread|Thread) (0x[0-9a-fA-F]+)(?: \[.*\])? \(most recent call first\):"
+)
 _FRAME_RE = re.compile(r'^\s+File "(.*)", line (\d+|\?\?\?) in (.*)$')
 
 

@@ -32,6 +32,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from loopwatch import _precise
+from loopwatch._fork import FORK_WAIT, join_for_fork
 from loopwatch._log import log_once, logger
 from loopwatch.config import Config
 from loopwatch.model import (
@@ -199,10 +200,17 @@ def _cpu_ratio(
 
 
 def _running_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
-    tasks = getattr(asyncio.tasks, "_current_tasks", None)
-    if isinstance(tasks, dict):
-        return tasks.get(loop)
-    return None
+    """The task that ``loop`` is running right now, asked from another thread.
+
+    ``current_task(loop)`` answers for a loop running in any thread: up to 3.13
+    from the loop -> task table; from 3.14, where each thread keeps its running
+    task in its own thread state, by looking through the threads for the one
+    running ``loop``. (asyncio's private ``_current_tasks`` table is gone in 3.14.)
+    """
+    try:
+        return asyncio.current_task(loop)
+    except Exception:
+        return None
 
 
 class Deadman:
@@ -386,9 +394,9 @@ _EXACT_FOR = 30.0
 #: Busy share is also kept per window of this many seconds; the worst one is reported.
 _WINDOW = 1.0
 
-#: How long os.fork() waits for the watchdog to finish what it is doing (a step takes
-#: well under a millisecond); past that the fork goes ahead and the child starts afresh.
-_FORK_WAIT = 1.0
+#: How long os.fork() waits for the watchdog to finish what it is doing; past that the
+#: fork goes ahead and the child starts afresh.
+_FORK_WAIT = FORK_WAIT
 #: Distinct stacks a block keeps (the most sampled ones).
 _STACKS_KEPT = 100
 
@@ -400,11 +408,16 @@ class Watchdog:
         self._lock = threading.RLock()
         self._subscribers: list[Subscriber] = []
         self._probes: list[Probe] = []
+        #: the watchdog thread; any other thread still running _run() (one told to stop
+        #: that has not yet seen it) ends at its next look
         self._thread: threading.Thread | None = None
         #: set once the watchdog thread has taken its first look
         self._ready = threading.Event()
         self._wake = threading.Event()
-        self._stopping = False
+        #: whether the thread was stopped for a fork and is to be started again after it
+        self._resume_after_fork = False
+        #: threads told to end for a fork that had not ended when it went ahead
+        self._ending: list[threading.Thread] = []
         self._discovery = Discovery(self._on_loop, self._on_run_end)
         self._deadman = Deadman(self._broadcast_event)
         self._block_ids = itertools.count(1)
@@ -439,7 +452,6 @@ class Watchdog:
                 self._wake.set()
 
     def _start_thread(self) -> None:
-        self._stopping = False
         self._wake.clear()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loopwatch-watchdog", daemon=True)
@@ -455,10 +467,12 @@ class Watchdog:
                 self._apply_settings()
                 return
             thread, self._thread = self._thread, None
-            self._stopping = True
+            ending = [thread, *self._ending]
+            self._ending = []
             self._wake.set()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+        for thread in ending:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
         with self._lock:
             if self._subscribers:  # someone subscribed while we were joining
                 return
@@ -619,6 +633,7 @@ class Watchdog:
     # -- fork -----------------------------------------------------------------
 
     def _before_fork(self) -> None:
+        self._resume_after_fork = self._stop_thread_for_fork()
         # Holding the lock across the fork gives the child state that no thread was
         # half-way through changing (the thread that was would not exist there).
         held = self._lock.acquire(timeout=_FORK_WAIT)
@@ -632,7 +647,31 @@ class Watchdog:
             except Exception:
                 log_once("fork-deadman", "loopwatch could not disarm its deadman switch to fork")
 
+    def _stop_thread_for_fork(self) -> bool:
+        """End the watchdog thread before a fork (see :mod:`loopwatch._fork`).
+
+        True if it is to be started again after. Its state lives in this object,
+        so the new thread carries on watching, a block in progress included.
+        """
+        profiler = self._profiler
+        if profiler is not None:
+            profiler.stop_for_fork()
+        thread = self._thread
+        if thread is threading.current_thread():
+            return False
+        self._thread = None
+        self._wake.set()
+        stopped = join_for_fork(thread, _FORK_WAIT)
+        if thread is not None and thread.is_alive():
+            self._ending.append(thread)  # unsubscribe() waits for it
+        return stopped
+
     def _after_fork_in_parent(self) -> None:
+        self._resume_profiler_after_fork()
+        if self._resume_after_fork:
+            self._resume_after_fork = False
+            if self._thread is None and self._subscribers:
+                self._start_thread()
         if not self._fork_held.pop(threading.get_ident(), False):
             return
         try:
@@ -646,6 +685,14 @@ class Watchdog:
             log_once("fork-parent", "loopwatch could not re-arm its deadman switch after a fork")
         finally:
             self._lock.release()
+
+    def _resume_profiler_after_fork(self) -> None:
+        profiler = self._profiler
+        if profiler is not None:
+            try:
+                profiler.resume_after_fork()
+            except Exception:
+                log_once("fork-profiler", "loopwatch could not restart profile mode after a fork")
 
     def _after_fork_in_child(self) -> None:
         """Only the forking thread lives on: the child keeps its sessions, not the parent's loops.
@@ -662,6 +709,9 @@ class Watchdog:
         inherited = [loop for _, loop in running_loops(here)]
         del here
         held = self._fork_held.pop(threading.get_ident(), False)
+        self._resume_after_fork = False
+        self._ending = []  # the parent's threads: not in this process
+        self._resume_profiler_after_fork()
         if held:
             self._lock.release()
         else:
@@ -674,7 +724,6 @@ class Watchdog:
             return  # not watching: nothing else to do
         try:
             self._thread = None
-            self._stopping = False
             for probe in self._probes:
                 loop = probe.loop
                 if loop is not None and loop.is_running():
@@ -700,8 +749,8 @@ class Watchdog:
         late = 0.0
         while True:
             with self._lock:
-                if self._stopping:
-                    return
+                if self._thread is not threading.current_thread():
+                    return  # stopped: the last session ended, or the program forks
                 try:
                     interval = self._step(time.monotonic(), late=late)
                 except Exception:

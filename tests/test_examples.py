@@ -115,7 +115,7 @@ def test_web_service_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert process.returncode == 0, (out, err)
     line = line_of(service, 'hashlib.pbkdf2_hmac("sha256"')
     assert f"service.py:{line} in hash_password" in err, err  # the WARNING log line
-    assert re.search(rf"blocks over 100 ms, by line: {{'[^']*service\.py:{line}': 1}}", out), out
+    assert re.search(rf"blocks over 50 ms, by line: {{'[^']*service\.py:{line}': 1}}", out), out
 
 
 def test_cpu_pipeline(tmp_path: Path) -> None:

@@ -446,6 +446,86 @@ def test_fork_while_the_sinks_thread_is_busy() -> None:
     assert sites(answer_of(*started, deadline=3.0)["blocks"]) == [marked(HERE, "child-sleep")]
 
 
+_FORKING_PROGRAM = """
+import asyncio, json, multiprocessing, os, sys, threading, time
+import loopwatch
+
+mode, own_thread = sys.argv[1], sys.argv[2] == "own-thread"
+options = {
+    "plain": {},
+    "deadman": {"deadman": True},
+    "on_block": {"on_block": lambda block: None},
+    "profile": {"profile": True, "profile_duty": 0.5},
+    "multiprocessing": {},
+}[mode]
+if own_thread:  # the program's own thread: the warning is the program's to see
+    threading.Thread(target=threading.Event().wait, args=(5,), daemon=True).start()
+
+def child():
+    pass
+
+async def main():
+    await asyncio.sleep(0)
+    time.sleep(0.1)
+    if mode == "multiprocessing":
+        process = multiprocessing.get_context("fork").Process(target=child)
+        process.start()
+    else:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+    time.sleep(0.25)  # block: across the fork
+    if mode == "multiprocessing":
+        process.join()
+    else:
+        os.waitpid(pid, 0)
+    await asyncio.sleep(0)
+
+with loopwatch.watch(threshold=0.05, **options) as session:
+    asyncio.run(main())
+    if mode == "on_block":
+        asyncio.run(main())  # the sinks thread is running at this fork
+print(json.dumps([[b.duration, b.site] for b in session.report().blocks]))
+"""
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 12), reason="Python warns about fork() with threads from 3.12"
+)
+@pytest.mark.parametrize("mode", ["plain", "deadman", "on_block", "profile", "multiprocessing"])
+def test_fork_warning_is_not_caused_by_loopwatch(mode: str, tmp_path: Any) -> None:
+    """Forking while watched: no multi-threaded fork warning from loopwatch's own threads.
+
+    The block that spans the fork is still found whole, at its line. A program
+    that has a thread of its own still gets the warning (the check can fail).
+    """
+    import subprocess
+
+    program = tmp_path / "forks.py"
+    program.write_text(_FORKING_PROGRAM)
+    line = marked(str(program), "across the fork")
+    warning = "is multi-threaded, use of fork() may lead to deadlocks"
+
+    def run(own_thread: bool) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-W", "always::DeprecationWarning", str(program), mode,
+             "own-thread" if own_thread else "alone"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+
+    result = run(own_thread=False)
+    assert result.returncode == 0, result.stderr
+    assert warning not in result.stderr
+    blocks = json.loads(result.stdout)
+    spanning = [duration for duration, site in blocks if site == line]
+    assert spanning, blocks
+    assert max(spanning) >= 0.3  # 0.1 s before the fork, 0.25 s after: one block
+
+    control = run(own_thread=True)
+    assert control.returncode == 0, control.stderr
+    assert warning in control.stderr
+
+
 def test_fork_while_another_thread_reads_the_report() -> None:
     """A thread calls report() while the program forks: the child's report() works."""
     stop = threading.Event()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from types import TracebackType
+
+from loopwatch.demo import unsynced_backlog
 
 BLOCK = 0.15
 """How long each deliberate block lasts, in seconds."""
@@ -87,17 +88,4 @@ def list_size(seconds: float = BLOCK) -> int:
 
 def dirty_backlog(path: str, seconds: float = BLOCK * 1.5) -> None:
     """Write unsynced data to ``path`` so that fsync on it waits for about ``seconds``."""
-    chunk = os.urandom(1 << 20)
-    probe = path + ".probe"
-    with open(probe, "wb") as out:
-        for _ in range(16):
-            out.write(chunk)
-        out.flush()
-        start = time.perf_counter()
-        os.fsync(out.fileno())
-        per_mb = max((time.perf_counter() - start) / 16, 1e-5)
-    os.unlink(probe)
-    megabytes = min(1024, max(16, round(seconds / per_mb)))
-    with open(path, "wb") as out:
-        for _ in range(megabytes):
-            out.write(chunk)
+    unsynced_backlog(path, seconds)

@@ -3,7 +3,7 @@
     python examples/web_service/demo.py [--logins 6]
 
 Each phase starts ``service.py``'s server on a free local port under
-``loopwatch.watch(threshold=0.1, mode="log", on_block=...)`` (production
+``loopwatch.watch(threshold=0.05, mode="log", on_block=...)`` (production
 settings), and a client in another thread sends ``GET /health`` from four
 connections every 20 ms while a fifth logs in six times in a row
 (``--logins``). It prints the ``/health`` latency percentiles, then the
@@ -29,7 +29,7 @@ import loopwatch
 HEALTH_CLIENTS = 4
 HEALTH_PAUSE = 0.02  # seconds between one client's /health requests
 LOGINS = 6
-THRESHOLD = 0.1
+THRESHOLD = 0.05
 
 
 async def request(

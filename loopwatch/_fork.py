@@ -1,0 +1,32 @@
+"""Keeping loopwatch's own threads out of the program's ``fork()``.
+
+Python 3.12+ warns in the parent (``DeprecationWarning: This process is
+multi-threaded, use of fork() may lead to deadlocks in the child``) from the
+number of threads alive at the moment ``fork()`` returns, before the
+after-fork hooks run. A watched pre-fork server would log that for every
+worker because of threads it never started. So each of loopwatch's threads
+ends in the before-fork hook and is started again in the parent's after-fork
+hook; their state lives in their objects, not in the threads, so nothing is
+lost across the fork.
+"""
+
+from __future__ import annotations
+
+import threading
+
+#: How long a fork waits for one of loopwatch's threads to finish what it is doing
+#: (a watchdog step takes well under a millisecond). Past that the fork goes ahead:
+#: the thread ends at its next chance, and only the warning is not avoided.
+FORK_WAIT = 1.0
+
+
+def join_for_fork(thread: threading.Thread | None, timeout: float = FORK_WAIT) -> bool:
+    """Wait (up to ``timeout``) for a thread told to end; True if it had to end.
+
+    False for no thread and for the calling thread itself (a fork from inside
+    one of loopwatch's threads cannot wait for that thread).
+    """
+    if thread is None or thread is threading.current_thread():
+        return False
+    thread.join(timeout)
+    return True
