@@ -50,6 +50,9 @@ def test_run_reports_the_block_and_passes_arguments(tmp_path: Path) -> None:
     (block,) = report["blocks"]
     assert block["site"].endswith("app.py:6")
     assert block["kind"] == "wait"
+    assert block["task"] == "Task-1"
+    assert block["coroutine"] == "main"
+    assert "task Task-1 · main()" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -371,6 +371,7 @@ def test_uvloop() -> None:
     with loopwatch.watch(threshold=THRESHOLD) as session:
         uvloop.run(main())
     block = assert_one_block(session.report().blocks, "uvloop", watch, "wait")
+    assert block.task is not None and block.task.startswith("Task-")
     assert block.resolution == "heartbeat"
 
 
@@ -396,6 +397,9 @@ def test_several_loops_at_once() -> None:
     for block in blocks:
         assert block.site == marked(HERE, "parallel")
         assert block.kind == "wait"
+        assert block.coroutine is not None and "main" in block.coroutine
+    # each loop's own task, read from the watchdog thread (3.14 keeps it per thread)
+    assert len({b.task for b in blocks}) == 2 and None not in {b.task for b in blocks}
 
 
 # -- what is not a block ------------------------------------------------------------------
