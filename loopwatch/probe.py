@@ -330,11 +330,15 @@ class SelectorProbe(Probe):
         #: exact mode: loop clock when the current iteration began; 0.0 while idle
         self.iter_start = 0.0
         self._wrapper: Callable[..., Any] | None = None
-        self._frame: FrameType | None = None
-        self._foreign: FrameType | None = None
-        self._frame_start = 0.0
-        self._end_armed_for: FrameType | None = None
-        self._end_last_armed: FrameType | None = None
+        # Iterations are told apart by their start (``end_time`` in _run_once's
+        # frame), never by keeping the frame: a frame kept past the look keeps
+        # its locals alive (the callback's handle and what it was given).
+        #: the iteration in progress at the last look: its end_time, 0.0 if none
+        self._current = 0.0
+        #: the iteration whose end the select hook waits to stamp (its end_time)
+        self._end_armed_for = 0.0
+        #: the last iteration the hook was armed for: never armed twice
+        self._end_last_armed = 0.0
         self._end_armed_start = 0.0
         # The hook (loop thread) and the watchdog both may stamp an end: one must win.
         self._end_lock = threading.Lock()
@@ -363,7 +367,7 @@ class SelectorProbe(Probe):
             del self._selector.select
         self.exact = False
         self.iter_start = 0.0
-        self._frame = None
+        self._current = 0.0
 
     def _switch_to_exact(self, current_start: float) -> None:
         self.want_exact = False
@@ -371,7 +375,7 @@ class SelectorProbe(Probe):
         self.iterations = 0
         # The iteration in progress keeps the start read from its frame, if the
         # loop is still inside it (the frame we were given may be a moment old).
-        inside = current_start and self._frame is not None and self._inside(self._frame)
+        inside = current_start and self._current and self._inside(self._current)
         self.iter_start = current_start if inside else 0.0
         self._wrapper = _make_select(self, self._selector.select)
         self._selector.select = self._wrapper
@@ -380,51 +384,49 @@ class SelectorProbe(Probe):
         if self.exact:
             return self.iter_start
         start = self._sampled_start(frame)
-        if self.want_exact and self._end_armed_for is None and start:
+        if self.want_exact and not self._end_armed_for and start:
             # Only on a look that found an iteration in progress: switching on an
             # empty look (a flush passes no frame) would leave that iteration untimed.
             self._switch_to_exact(start)
         return start
 
     def _sampled_start(self, frame: FrameType | None) -> float:
+        idle = frame is not None and frame.f_code is self._idle_code
+        end_time = None if idle else self._end_time(self._find(frame))
         armed = self._end_armed_for
-        self.ending = armed is not None and armed is not self._find(frame)
+        self.ending = bool(armed) and armed != end_time
         if self.ending:
             # The loop has left the iteration but has not reached the hook that
             # stamps its end yet: it is still the iteration in progress for us.
             return self._end_armed_start
-        if frame is None or frame.f_code is self._idle_code:
-            self._frame = None
+        # No end_time: selecting, between runs, in run_forever's set-up, in another
+        # loop's iteration, or in an iteration whose select has not returned yet.
+        self._current = end_time or 0.0
+        if not end_time:
             return 0.0
-        while frame is not None and frame.f_code is not _RUN_ONCE_CODE:
-            frame = frame.f_back
-        if frame is None:  # not inside an iteration: between runs, or in run_forever's set-up
-            self._frame = None
-            return 0.0
-        if frame is self._frame:
-            return self._frame_start
-        if frame is self._foreign:
-            return 0.0
-        # A new iteration. Its start is _run_once's local end_time, set right
-        # after select returned; before that the loop is still selecting.
-        local = frame.f_locals
+        return end_time - self._clock_resolution
+
+    def _end_time(self, run_once: FrameType | None) -> float | None:
+        """When the iteration ``run_once`` runs began: _run_once's local ``end_time``.
+
+        asyncio sets it right after select returns. None for another loop's
+        iteration on this thread (pytest-asyncio keeps a stopped module-scoped
+        loop beside the running one). Read at each look and not cached with the
+        frame: holding the frame would hold its locals.
+        """
+        if run_once is None:
+            return None
+        local = run_once.f_locals
         if local.get("self") is not self.loop_ref():
-            # Another loop's iteration on this thread (pytest-asyncio keeps a
-            # stopped module-scoped loop beside the running one): not ours.
-            self._foreign = frame
-            self._frame = None
-            return 0.0
+            return None
         end_time = local.get("end_time")
-        if end_time is None:
-            return 0.0
-        self._frame = frame
-        self._frame_start = end_time - self._clock_resolution
-        return self._frame_start
+        return float(end_time) if isinstance(end_time, (int, float)) else None
 
     def watch_end(self, start: float) -> None:
-        if self.exact or self._frame is None or self._end_last_armed is self._frame:
+        armed_for = self._current
+        if self.exact or not armed_for or self._end_last_armed == armed_for:
             return  # never twice for one iteration: the second would stamp a later end
-        armed_for = self._end_armed_for = self._end_last_armed = self._frame
+        self._end_armed_for = self._end_last_armed = armed_for
         self._end_armed_start = start
         selector = self._selector
         select = selector.select
@@ -436,12 +438,12 @@ class SelectorProbe(Probe):
                 if selector.__dict__.get("select") is select_once:
                     del selector.select
                 with probe._end_lock:
-                    if probe._end_armed_for is armed_for:
+                    if probe._end_armed_for == armed_for:
                         # Record first, disarm second: the watchdog may look in between
                         # (reading the clock releases the GIL) and must still see it armed.
                         end = time.monotonic()
                         probe.ended.append((start, end, probe.cpu_time(), None, None, 0))
-                        probe._end_armed_for = None
+                        probe._end_armed_for = 0.0
             except Exception:
                 probe.fail("the select hook")
             return select(timeout)
@@ -453,10 +455,10 @@ class SelectorProbe(Probe):
             if selector.__dict__.get("select") is select_once:
                 del selector.select
             with self._end_lock:
-                if self._end_armed_for is armed_for:
+                if self._end_armed_for == armed_for:
                     # It ended a moment ago, between our look and the hook.
                     self.ended.append((start, time.monotonic(), self.cpu_time(), "tick", None, 0))
-                    self._end_armed_for = None
+                    self._end_armed_for = 0.0
 
     @staticmethod
     def _find(frame: FrameType | None) -> FrameType | None:
@@ -464,13 +466,12 @@ class SelectorProbe(Probe):
             frame = frame.f_back
         return frame
 
-    def _inside(self, run_once: FrameType) -> bool:
+    def _inside(self, iteration: float) -> bool:
+        """Whether the loop thread is still in the iteration whose ``end_time`` is given."""
         frame = sys._current_frames().get(self.thread_id)
         if frame is None or frame.f_code is self._idle_code:
             return False
-        while frame is not None and frame is not run_once:
-            frame = frame.f_back
-        return frame is not None
+        return self._end_time(self._find(frame)) == iteration
 
     def run_ended(self) -> None:
         now = time.monotonic()
@@ -478,13 +479,13 @@ class SelectorProbe(Probe):
             self.ended.append((self.iter_start, now, self.cpu_time(), None, None, self.tag))
             self.iter_start = 0.0
         with self._end_lock:
-            if self._end_armed_for is not None:
+            if self._end_armed_for:
                 hook = self._selector.__dict__.get("select")
                 if getattr(hook, "__name__", "") == "select_once":
                     del self._selector.select
                 self.ended.append((self._end_armed_start, now, self.cpu_time(), None, None, 0))
-                self._end_armed_for = None
-        self._frame = None
+                self._end_armed_for = 0.0
+        self._current = 0.0
         super().run_ended()
 
     def detach(self) -> None:
@@ -495,8 +496,8 @@ class SelectorProbe(Probe):
         ):
             del self._selector.select
         self.iter_start = 0.0
-        self._frame = self._foreign = None
-        self._end_armed_for = self._end_last_armed = None
+        self._current = 0.0
+        self._end_armed_for = self._end_last_armed = 0.0
 
 
 def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,6 +6,7 @@ import asyncio
 import random
 import threading
 import time
+import weakref
 
 import pytest
 from workloads import BLOCK, THRESHOLD, marked
@@ -217,3 +218,36 @@ def test_distinct_events_are_capped() -> None:
         for number in range(3000):
             WATCHDOG.broadcast_event(f"something happened to loop #{number}")
     assert len(session.report().events) < 3000
+
+
+class _Payload:
+    """Stands for what a user's callback is given: a request body, a file, a socket."""
+
+
+def _collected_after_a_blocking_callback(watching: bool) -> bool:
+    """Whether an object passed to a callback that blocked is gone once the loop idles."""
+
+    def handle(payload: _Payload) -> None:
+        time.sleep(BLOCK)  # block: holds the payload
+
+    async def main() -> bool:
+        payload = _Payload()
+        alive = weakref.ref(payload)
+        asyncio.get_running_loop().call_soon(handle, payload)
+        del payload
+        await asyncio.sleep(0)  # the callback runs (and blocks) in this iteration
+        await asyncio.sleep(4 * THRESHOLD)  # idle: the watchdog takes several looks
+        return alive() is None
+
+    if not watching:
+        return asyncio.run(main())
+    with loopwatch.watch(threshold=THRESHOLD) as session:
+        collected = asyncio.run(main())
+    assert [b.site for b in session.report().blocks] == [marked(__file__, "holds the payload")]
+    return collected
+
+
+def test_an_object_given_to_a_blocking_callback_is_not_kept_alive() -> None:
+    """loopwatch keeps no frame, locals or handle of the loop's: the payload dies with its call."""
+    assert _collected_after_a_blocking_callback(watching=False)  # without loopwatch, at once
+    assert _collected_after_a_blocking_callback(watching=True)
