@@ -13,6 +13,7 @@ lost across the fork.
 from __future__ import annotations
 
 import threading
+import time
 
 #: How long a fork waits for one of loopwatch's threads to finish what it is doing
 #: (a watchdog step takes well under a millisecond). Past that the fork goes ahead:
@@ -30,3 +31,33 @@ def join_for_fork(thread: threading.Thread | None, timeout: float = FORK_WAIT) -
         return False
     thread.join(timeout)
     return True
+
+
+def os_thread_count() -> int | None:
+    """The threads of this process as the kernel counts them (Linux), or None.
+
+    That is the count Python's fork warning reads, C threads included.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return int(fields[17])  # field 20, num_threads; fields[0] is field 3
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def wait_for_thread_exit(count_before: int | None, timeout: float = 0.05) -> None:
+    """Wait until the process has fewer threads than ``count_before``.
+
+    A C thread that was told to end (faulthandler's timer thread, cancelled) has
+    stopped running Python code, but the kernel counts it until it has exited:
+    a fork a few microseconds later would still warn about it.
+    """
+    if count_before is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        count = os_thread_count()
+        if count is None or count < count_before:
+            return
+        time.sleep(0.0001)

@@ -32,7 +32,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from loopwatch import _precise
-from loopwatch._fork import FORK_WAIT, join_for_fork
+from loopwatch._fork import FORK_WAIT, join_for_fork, os_thread_count, wait_for_thread_exit
 from loopwatch._log import log_once, logger
 from loopwatch.config import Config
 from loopwatch.model import (
@@ -299,6 +299,11 @@ class Deadman:
             self._offset = 0
         fired_at = (armed_at or time.monotonic()) + self._timeout
         return [(fired_at, parse_faulthandler(text))]
+
+    @property
+    def armed(self) -> bool:
+        """Whether faulthandler's timer (and so its thread) may be running."""
+        return self.enabled and self._armed_at is not None
 
     def disarm(self) -> None:
         """Cancel the timer; the next :meth:`service` arms it again."""
@@ -643,7 +648,10 @@ class Watchdog:
             # copies hold everything found up to the fork.
             self._safe_flush()
             try:
+                armed = self._deadman.armed
+                threads = os_thread_count() if armed else None
                 self._deadman.disarm()
+                wait_for_thread_exit(threads)  # faulthandler's timer thread
             except Exception:
                 log_once("fork-deadman", "loopwatch could not disarm its deadman switch to fork")
 
