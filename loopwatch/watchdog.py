@@ -386,6 +386,9 @@ class _GcTimer:
 #: thread that releases the GIL lets the watchdog in at once).
 _LATE = 0.001
 
+#: Frames taken on waking are used if the watchdog's lock was had within this many seconds.
+_FRESH = 0.002
+
 #: Seconds between lag pings to a loop (a heartbeat loop is pinged every tick).
 _PING_EVERY = 0.1
 
@@ -755,19 +758,30 @@ class Watchdog:
 
     def _loop_forever(self, own: ThreadClock) -> None:
         late = 0.0
+        frames: dict[int, FrameType] | None = None
+        woke = 0.0
         while True:
             with self._lock:
                 if self._thread is not threading.current_thread():
                     return  # stopped: the last session ended, or the program forks
+                now = time.monotonic()
+                if now - woke > _FRESH:
+                    frames = None  # the lock was busy: look again
                 try:
-                    interval = self._step(time.monotonic(), late=late)
+                    interval = self._step(now, late=late, frames=frames)
                 except Exception:
                     log_once("watchdog", "loopwatch's watchdog failed; detection may be incomplete")
                     interval = 0.05
+                frames = None  # not kept while asleep: frames hold the program's locals
             self._ready.set()
             before = own.quick()
             asleep = time.monotonic()
             woken = self._wake.wait(interval)
+            # First thing on waking: where each thread is. After a C call that held
+            # the GIL, that is the line it returned to; anything here that let the
+            # GIL go first (a contended lock, I/O) would let the loop run on past it.
+            frames = None if woken else sys._current_frames()
+            woke = time.monotonic()
             self._wake.clear()
             # Waking late means another thread held the GIL (or the machine is
             # overloaded): that is how a block is known to hold the GIL.
@@ -777,7 +791,13 @@ class Watchdog:
                 if before and after and before[1] is not None and after[1] is not None:
                     late = max(0.0, late - (after[1] - before[1]))
 
-    def _step(self, now: float, flush: bool = False, late: float = 0.0) -> float:
+    def _step(
+        self,
+        now: float,
+        flush: bool = False,
+        late: float = 0.0,
+        frames: dict[int, FrameType] | None = None,
+    ) -> float:
         settings = self._settings
         if settings is None:
             return 0.05
@@ -786,7 +806,8 @@ class Watchdog:
             self._scan()
         if late > settings.threshold and not flush:
             self._stalled(late)
-        frames = sys._current_frames()
+        if frames is None:
+            frames = sys._current_frames()
         sampling = False
         cut_prone = False
         heartbeat = False
