@@ -160,7 +160,8 @@ def main() -> None:
         looks = calls = "-"
         if "steps" in runs[0]:
             looks = f"{statistics.median(r['steps'] / r['wall'] for r in runs):.1f}"
-            calls = f"{statistics.median(1000 * r['loop_calls'] / r['iterations'] for r in runs):.2f}"
+            per_1000 = statistics.median(1000 * r["loop_calls"] / r["iterations"] for r in runs)
+            calls = f"{per_1000:.2f}"
         print(f"{mode:<18} {min(shares):>12.3f} / {statistics.median(shares):<11.3f} "
               f"{looks:>9} {calls:>27} {rate:>13.0f}")
     best = min(100 * r["cpu"] / r["wall"] for r in results["loopwatch t=0.1"])
