@@ -118,6 +118,19 @@ class ThreadClock:
                 self._clock = None
         return self.read()
 
+    def cpu_only(self) -> Clock | None:
+        """CPU time alone (no run-queue time): the cheapest reading, for idle looks.
+
+        One system call; reading /proc through ctypes costs a watchdog woken
+        with cold caches three to four times as much.
+        """
+        if self._clock is not None:
+            try:
+                return time.clock_gettime(self._clock), None
+            except OSError:
+                self._clock = None
+        return self.quick()
+
     def read(self) -> Clock | None:
         """CPU time and run-queue time (reading /proc lets go of the GIL)."""
         if self._fd is not None:
@@ -255,6 +268,10 @@ class Probe:
         """The loop thread's CPU seconds so far, cheaply and without releasing the GIL."""
         return self._clock.quick()
 
+    def cpu_only(self) -> Clock | None:
+        """The loop thread's CPU seconds alone, as cheaply as it can be read."""
+        return self._clock.cpu_only()
+
     def alive(self) -> bool:
         loop = self.loop_ref()
         return loop is not None and not loop.is_closed() and self.detached_at is None
@@ -379,6 +396,21 @@ class SelectorProbe(Probe):
         self.iter_start = current_start if inside else 0.0
         self._wrapper = _make_select(self, self._selector.select)
         self._selector.select = self._wrapper
+
+    def selecting(self, frame: FrameType | None) -> bool:
+        """Whether the loop thread (innermost ``frame``) waits in select with nothing pending.
+
+        The watchdog's cheap look: no iteration in progress, none ended and
+        waiting to be finished, no end hook armed, no change of mode pending.
+        """
+        return (
+            frame is not None
+            and frame.f_code is self._idle_code
+            and not self.exact
+            and not self.want_exact
+            and not self.ended
+            and not self._end_armed_for
+        )
 
     def busy_since(self, frame: FrameType | None, now: float, heartbeat: float) -> float:
         if self.exact:
@@ -589,6 +621,9 @@ def make_probe(
     return HeartbeatProbe(loop, thread_id, native_id, clock)
 
 
+_UNSEEN = object()
+
+
 class Discovery:
     """Finds every loop that runs while installed and reports runs starting and ending.
 
@@ -607,6 +642,8 @@ class Discovery:
         self._on_run_end = on_run_end
         self._installed = False
         self._patches: list[tuple[type, str, Any]] = []
+        #: the uvloop module (or None) that patch_uvloop last saw: each tick asks
+        self._uvloop_seen: Any = _UNSEEN
 
     def install(self) -> None:
         if self._installed:
@@ -618,6 +655,9 @@ class Discovery:
     def patch_uvloop(self) -> None:
         """Patch uvloop if it has been imported since (cheap to call repeatedly)."""
         uvloop = sys.modules.get("uvloop")
+        if uvloop is self._uvloop_seen:
+            return
+        self._uvloop_seen = uvloop
         cls = getattr(uvloop, "Loop", None)
         if self._installed and isinstance(cls, type) and "run_forever" not in cls.__dict__:
             self._patch_run_forever(cls)
@@ -653,6 +693,7 @@ class Discovery:
         if not self._installed:
             return
         self._installed = False
+        self._uvloop_seen = _UNSEEN
         for cls, name, original in reversed(self._patches):
             if getattr(cls.__dict__.get(name), "__loopwatch__", False):
                 if original is None:

@@ -150,8 +150,14 @@ class _Settings:
 
     @property
     def tick(self) -> float:
-        # Each wake-up costs a busy loop a round trip of the GIL: as few as will do.
-        return self.threshold / 2
+        # Each wake-up costs a busy loop a round trip of the GIL, and a quiet
+        # process tens of microseconds of CPU: as few as will do. Looks 0.8 x the
+        # threshold apart, with sampling from a tenth of it, give every iteration
+        # longer than 0.9 x the threshold a sampled look while it runs (a look
+        # at a younger one is followed by another within 0.8 x the threshold),
+        # with a tenth of the threshold to spare for a late wake-up. The deadman
+        # switch is re-armed every tick and must not fire between two of them.
+        return self.threshold / 2 if self.deadman else self.threshold * 0.8
 
     @property
     def heartbeat(self) -> float:
@@ -162,12 +168,13 @@ class _Settings:
     def speculate(self) -> float:
         # Sampling (and the hook that stamps the end) starts well before the
         # threshold is crossed, so that a block that ends just past it has been
-        # seen: with ticks every threshold/2, one lands in (threshold/4, threshold].
-        return self.threshold / 4
+        # seen (see tick).
+        return self.threshold / 4 if self.deadman else self.threshold / 10
 
     @property
     def deadman_timeout(self) -> float:
-        # re-armed every tick (threshold / 2): fires only when the watchdog is stuck
+        # re-armed every tick (threshold / 2 with the deadman): fires only when the
+        # watchdog is stuck
         return max(self.threshold * 0.9, 0.01)
 
 
@@ -178,13 +185,18 @@ _SCAN_EVERY = 1.0
 def _cpu_ratio(
     reference: _Reading | None,
     cpu_end: Clock | None,
+    start: float,
     end: float,
     queued_from: Clock | None = None,
 ) -> float | None:
-    """CPU seconds over the seconds the loop thread could have run, between two readings.
+    """CPU seconds over the seconds the loop thread could have run, from ``start`` to ``end``.
 
-    Time spent runnable but waiting for a CPU is neither computing nor waiting:
-    it is left out, counted from the earliest reading that knows it.
+    The CPU reading before the iteration is the last look's; when that look
+    found the loop idle, the thread used (next to) no CPU until ``start``, so
+    the time between the look and ``start`` is not counted as time it could
+    have computed. Time spent runnable but waiting for a CPU is neither
+    computing nor waiting: it is left out, counted from the earliest reading
+    that knows it.
     """
     if reference is None or reference.cpu is None or cpu_end is None:
         return None
@@ -193,7 +205,7 @@ def _cpu_ratio(
     base = reference.cpu if reference.cpu[1] is not None else queued_from
     if cpu_end[1] is not None and base is not None and base[1] is not None:
         queued = max(0.0, cpu_end[1] - base[1])
-    could_run = (end - reference.at) - queued
+    could_run = (end - max(reference.at, start)) - queued
     if could_run <= 0:
         return None
     return min(1.0, max(0.0, computing / could_run))
@@ -339,6 +351,33 @@ class Deadman:
         self._armed_at = None
 
 
+class _Wakeup:
+    """How the watchdog sleeps until its next look, or until it is woken: ``Event`` semantics.
+
+    ``threading.Event.wait`` builds a condition and a fresh lock on every call;
+    waking from it cost about 40 µs of CPU more than this one lock acquired with
+    a timeout (on the project's VM, cold caches after the sleep), a third of
+    what a quiet watchdog spent per look.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()  # held while not set
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout``; True if woken by :meth:`set` (which this consumes)."""
+        return self._lock.acquire(timeout=timeout)
+
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:
+            pass  # already set
+
+    def clear(self) -> None:
+        self._lock.acquire(blocking=False)
+
+
 class _GcTimer:
     """Times garbage collections (``gc.callbacks``), so a block can say it was a GC pause."""
 
@@ -390,7 +429,7 @@ _LATE = 0.001
 _FRESH = 0.002
 
 #: Seconds between lag pings to a loop (a heartbeat loop is pinged every tick).
-_PING_EVERY = 0.1
+_PING_EVERY = 0.5
 
 #: Slow iterations (looks at an old iteration, or ended ones) needed within
 #: _CUT_WINDOW seconds before a loop is timed per iteration ("thousand cuts").
@@ -421,11 +460,13 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         #: set once the watchdog thread has taken its first look
         self._ready = threading.Event()
-        self._wake = threading.Event()
+        self._wake = _Wakeup()
         #: whether the thread was stopped for a fork and is to be started again after it
         self._resume_after_fork = False
         #: threads told to end for a fork that had not ended when it went ahead
         self._ending: list[threading.Thread] = []
+        #: whether the last look found a loop inside an iteration
+        self._saw_busy = False
         self._discovery = Discovery(self._on_loop, self._on_run_end)
         self._deadman = Deadman(self._broadcast_event)
         self._block_ids = itertools.count(1)
@@ -728,7 +769,7 @@ class Watchdog:
         else:
             self._lock = threading.RLock()  # its holder, if any, is gone
         # The gone watchdog thread may have been inside wait().
-        self._wake = threading.Event()
+        self._wake = _Wakeup()
         if inherited:
             self._inherited = weakref.WeakSet(inherited)
         if self._thread is None and not self._subscribers and not self._probes:
@@ -773,8 +814,13 @@ class Watchdog:
                     log_once("watchdog", "loopwatch's watchdog failed; detection may be incomplete")
                     interval = 0.05
                 frames = None  # not kept while asleep: frames hold the program's locals
-            self._ready.set()
-            before = own.quick()
+            if not self._ready.is_set():
+                self._ready.set()
+            # The watchdog's own run-queue time before and after the sleep tells how
+            # much of a late wake was the machine's doing, not a GIL held by a loop
+            # thread. That matters for a block in progress; reading /proc costs a
+            # sleeping thread's cold caches tens of microseconds, so only then.
+            before = own.quick() if self._saw_busy else None
             asleep = time.monotonic()
             woken = self._wake.wait(interval)
             # First thing on waking: where each thread is. After a C call that held
@@ -786,9 +832,9 @@ class Watchdog:
             # Waking late means another thread held the GIL (or the machine is
             # overloaded): that is how a block is known to hold the GIL.
             late = 0.0 if woken else max(0.0, time.monotonic() - asleep - interval)
-            if late:
+            if late > _LATE and before is not None and before[1] is not None:
                 after = own.quick()
-                if before and after and before[1] is not None and after[1] is not None:
+                if after is not None and after[1] is not None:
                     late = max(0.0, late - (after[1] - before[1]))
 
     def _step(
@@ -811,7 +857,10 @@ class Watchdog:
         sampling = False
         cut_prone = False
         heartbeat = False
+        self._saw_busy = False
         for probe in list(self._probes):
+            if not flush and self._idle_look(probe, frames.get(probe.thread_id), now):
+                continue
             if probe.failure is not None:
                 self._give_up(probe, probe.failure)
                 continue
@@ -849,6 +898,31 @@ class Watchdog:
             return max(settings.sample_interval, settings.site_threshold / 2)
         return settings.heartbeat if heartbeat else settings.tick
 
+    def _idle_look(self, probe: Probe, frame: FrameType | None, now: float) -> bool:
+        """The most common look, kept lean: the loop waits in select and nothing is due.
+
+        What the full look would do then: count the time since the last look as
+        idle, and take a CPU reading as the reference for a block that starts
+        next. True if that was all there was to do.
+        """
+        wd: _Tracking = probe.wd
+        last = wd.last
+        if (
+            last is None
+            or wd.seen_start
+            or wd.cuts
+            or wd.exact_until
+            or probe.failure is not None
+            or now - wd.pinged >= _PING_EVERY
+            or (wd.cut_looks and now - wd.cut_looks[-1] < _CUT_WINDOW)
+            or not isinstance(probe, SelectorProbe)
+            or not probe.selecting(frame)
+        ):
+            return False
+        self._account_busy(wd, now, now - last.at, False)
+        wd.last = _Reading(now, probe.cpu_only())
+        return True
+
     def _track(
         self,
         probe: Probe,
@@ -872,7 +946,10 @@ class Watchdog:
         if start == wd.done:
             start = 0.0  # a stale look at an iteration already finished
         self._finish_ended(probe, settings)
-        cpu = probe.cpu_quick()
+        # An idle look's reading is the reference for a block that starts after
+        # it: CPU time is enough there (run-queue time is read from the block's
+        # first look on); the cheapest reading keeps a quiet watchdog cheap.
+        cpu = probe.cpu_quick() if start or wd.seen_start else probe.cpu_only()
         if start != wd.seen_start:
             if wd.seen_start and wd.samples:
                 # It ended but its end was not stamped (the loop stopped in a
@@ -896,6 +973,7 @@ class Watchdog:
             self._account_busy(wd, now, now - wd.last.at, bool(start))
         wd.last = _Reading(now, cpu)
         age = now - start if start else 0.0
+        self._saw_busy = self._saw_busy or bool(start)
         if (
             start
             and not flush
@@ -1061,7 +1139,7 @@ class Watchdog:
                 self._cut(probe, start, end, cpu_end, reference, samples, settings)
             return
         wd.blocks += 1
-        cpu_ratio = _cpu_ratio(reference, cpu_end, end, wd.queued_from if seen else None)
+        cpu_ratio = _cpu_ratio(reference, cpu_end, start, end, wd.queued_from if seen else None)
         weighted: Counter[tuple[Frame, ...]] = Counter()
         for raw, count in samples.items():
             weighted[to_frames(raw)] += count
@@ -1137,7 +1215,7 @@ class Watchdog:
         _, site_frame = self._choose_site(weighted, fallback=False)
         cut = Cut(
             duration=end - start,
-            cpu_ratio=_cpu_ratio(reference, cpu_end, end),
+            cpu_ratio=_cpu_ratio(reference, cpu_end, start, end),
             site=site_frame.location if site_frame else None,
             function=site_frame.function if site_frame else None,
             gc_time=self._gc.time_in(probe.thread_id, start, end),
