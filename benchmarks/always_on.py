@@ -9,7 +9,11 @@ at a time, a little work each time) and never blocks. Each mode watches it for
 * ``loopwatch t=0.1`` (the default threshold), ``t=0.5``, ``t=1.0``: ``watch()``;
 * ``pyleak t=0.1``: pyleak's ``no_event_loop_blocking`` with its defaults (a
   monitor thread that pings the loop every ``check_interval``, 50 ms), as a
-  baseline from outside this project.
+  baseline from outside this project;
+* ``floor t=0.1``: a Python thread that only does what any look must do, as
+  often as the watchdog looks at the default threshold (every 0.08 s): wake
+  from a timed lock wait, read every thread's frame, read the loop thread's
+  CPU clock. No watchdog of this design costs less.
 
 Reported per mode (best and median over rounds): the CPU time of the
 monitoring threads (loopwatch's own, named ``loopwatch-*``; pyleak's monitor)
@@ -35,7 +39,7 @@ import time
 from typing import Any
 
 ITERATION_SLEEP = 0.001
-MODES = ("loopwatch t=0.1", "loopwatch t=0.5", "loopwatch t=1.0", "pyleak t=0.1")
+MODES = ("loopwatch t=0.1", "loopwatch t=0.5", "loopwatch t=1.0", "pyleak t=0.1", "floor t=0.1")
 TARGET_SHARE = 0.1  # percent of a core, at the default threshold
 
 
@@ -72,8 +76,37 @@ async def _watched_by_pyleak(seconds: float, iterations: list[int]) -> dict[str,
     return {"cpu": cpu, "wall": wall, "threads": [t.name for t in monitors]}
 
 
+def _floor(seconds: float, iterations: list[int]) -> dict[str, Any]:
+    stop = threading.Event()
+    loop_thread = threading.get_ident()
+    looks = [0]
+
+    def look() -> None:
+        sleeper = threading.Lock()
+        sleeper.acquire()
+        clock = time.pthread_getcpuclockid(loop_thread)
+        while not stop.is_set():
+            sleeper.acquire(timeout=0.08)
+            sys._current_frames().get(loop_thread)
+            time.clock_gettime(clock)
+            looks[0] += 1
+
+    thread = threading.Thread(target=look, name="floor")
+    thread.start()
+    start_cpu, start = _thread_cpu(thread), time.monotonic()
+    asyncio.run(_healthy(seconds, iterations))
+    cpu, wall = _thread_cpu(thread) - start_cpu, time.monotonic() - start
+    stop.set()
+    thread.join()
+    return {"cpu": cpu, "wall": wall, "threads": ["floor"], "steps": looks[0], "loop_calls": 0}
+
+
 def _child(mode: str, seconds: float) -> dict[str, Any]:
     iterations = [0]
+    if mode.startswith("floor"):
+        result = _floor(seconds, iterations)
+        result["iterations"] = iterations[0]
+        return result
     if mode.startswith("pyleak"):
         result = asyncio.run(_watched_by_pyleak(seconds, iterations))
         result["iterations"] = iterations[0]
