@@ -6,8 +6,8 @@ A loop iteration is busy from the moment ``select`` returns until the next
 * :class:`SelectorProbe`, by default, costs nothing per iteration. asyncio's
   ``_run_once`` stores the iteration's start time in its local ``end_time``
   right after ``select`` returns; the watchdog reads it from the loop thread's
-  frame when it looks (every ``threshold / 4``). Once an iteration has been
-  busy for half the threshold, a one-shot wrapper is put on ``select`` that
+  frame when it looks (every ``0.8 * threshold``). Once an iteration has been
+  busy for a tenth of the threshold, a one-shot wrapper is put on ``select`` that
   stamps the exact end of that iteration (in the loop thread) and removes
   itself. So blocks have exact durations, and quiet loops pay nothing.
 * ``SelectorProbe`` in exact mode wraps ``select`` for every iteration (two

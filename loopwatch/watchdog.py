@@ -1,7 +1,7 @@
 """The one watchdog thread per process, shared by every watched loop and session.
 
-It wakes every ``threshold / 4``. A loop whose current iteration has been busy
-for more than half the threshold is sampled (its thread's stack, via
+It wakes every ``0.8 * threshold``. A loop whose current iteration has been
+busy for more than a tenth of the threshold is sampled (its thread's stack, via
 ``sys._current_frames``) every ``sample_interval`` until the iteration ends.
 The probe measures the iteration's exact duration in the loop thread; the
 watchdog joins that with the samples and the loop thread's CPU clock into a
