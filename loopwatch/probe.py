@@ -111,12 +111,7 @@ class ThreadClock:
                     return int(running) / 1e9, int(queued) / 1e9
                 except ValueError:
                     pass
-        if self._clock is not None:
-            try:
-                return time.clock_gettime(self._clock), None
-            except OSError:
-                self._clock = None
-        return self.read()
+        return self._cpu_clock() or self.read()
 
     def cpu_only(self) -> Clock | None:
         """CPU time alone (no run-queue time): the cheapest reading, for idle looks.
@@ -124,12 +119,7 @@ class ThreadClock:
         One system call; reading /proc through ctypes costs a watchdog woken
         with cold caches three to four times as much.
         """
-        if self._clock is not None:
-            try:
-                return time.clock_gettime(self._clock), None
-            except OSError:
-                self._clock = None
-        return self.quick()
+        return self._cpu_clock() or self.quick()
 
     def read(self) -> Clock | None:
         """CPU time and run-queue time (reading /proc lets go of the GIL)."""
@@ -139,6 +129,10 @@ class ThreadClock:
                 return int(running) / 1e9, int(queued) / 1e9
             except (OSError, ValueError):
                 self.close()
+        return self._cpu_clock()
+
+    def _cpu_clock(self) -> Clock | None:
+        """The thread's CPU clock alone, or None once it cannot be read (the thread ended)."""
         if self._clock is not None:
             try:
                 return time.clock_gettime(self._clock), None

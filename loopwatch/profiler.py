@@ -46,7 +46,7 @@ from typing import Any
 
 import yappi  # type: ignore[import-untyped]
 
-from loopwatch._fork import join_for_fork
+from loopwatch._core.forking import join_for_fork
 from loopwatch._log import log_once
 from loopwatch.model import Block, FunctionStat
 
@@ -159,7 +159,10 @@ class Profiler:
         self._duty_thread.start()
 
     def stop_for_fork(self) -> None:
-        """End the duty thread before a fork (see :mod:`loopwatch._fork`); yappi stays as it is."""
+        """End the duty thread before a fork (see :mod:`loopwatch._core.forking`).
+
+        yappi itself stays as it is.
+        """
         thread = self._duty_thread
         if thread is None or thread is threading.current_thread():
             return

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from loopwatch._fork import FORK_WAIT, join_for_fork
+from loopwatch._core.forking import FORK_WAIT, join_for_fork
 from loopwatch._log import log_once, logger
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class Dispatcher:
     def stop_for_fork(self) -> None:
         """End the sinks thread once it has delivered what is queued.
 
-        See :mod:`loopwatch._fork`; a delivery that comes in meanwhile waits for
+        See :mod:`loopwatch._core.forking`; a delivery that comes in meanwhile waits for
         :meth:`resume_after_fork`.
         """
         if not self._cond.acquire(timeout=FORK_WAIT):

@@ -16,12 +16,9 @@ it in time, and the dump is parsed into the block.
 from __future__ import annotations
 
 import asyncio
-import faulthandler
-import gc
 import itertools
 import os
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -32,7 +29,10 @@ from types import FrameType
 from typing import Any, Protocol
 
 from loopwatch import _precise
-from loopwatch._fork import FORK_WAIT, join_for_fork, os_thread_count, wait_for_thread_exit
+from loopwatch._core.deadman import Deadman
+from loopwatch._core.forking import FORK_WAIT, join_for_fork, os_thread_count, wait_for_thread_exit
+from loopwatch._core.gctimer import GcTimer
+from loopwatch._core.wakeup import Wakeup
 from loopwatch._log import log_once, logger
 from loopwatch.config import Config
 from loopwatch.model import (
@@ -54,7 +54,7 @@ from loopwatch.probe import (
     make_probe,
     running_loops,
 )
-from loopwatch.stacks import RawStack, UserCode, capture, parse_faulthandler, to_frames
+from loopwatch.stacks import RawStack, UserCode, capture, to_frames
 
 WALL_OFFSET = time.time() - time.monotonic()
 """Add to a time.monotonic() reading (the loop's clock) to get wall-clock time."""
@@ -70,10 +70,6 @@ class Cut:
     function: str | None
     gc_time: float
     loop: str = ""
-
-
-_Dump = tuple[float, dict[int, tuple[Frame, ...]]]
-"""When a deadman dump fired (loop clock), and the stack of each thread in it."""
 
 
 class Subscriber(Protocol):
@@ -225,202 +221,6 @@ def _running_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
         return None
 
 
-class Deadman:
-    """faulthandler armed as a dead man's switch for the watchdog thread.
-
-    Re-arming starts a C thread (tens of microseconds), so it is re-armed only
-    once half its timeout has passed. If the watchdog could not run for that
-    long, faulthandler dumps every thread's stack into a temporary file, which
-    the watchdog parses when it next runs.
-
-    faulthandler's timer is process-global. Other users of it (pytest's
-    ``faulthandler_timeout``) are detected by wrapping its two functions; on
-    conflict the deadman steps aside and says so once.
-    """
-
-    def __init__(self, on_event: Callable[[str], None]) -> None:
-        self._on_event = on_event
-        self._file: Any = None
-        self._armed_at: float | None = None
-        self._timeout = 0.0
-        self._offset = 0
-        self.enabled = False
-        #: set when another user of faulthandler's timer appeared; cleared by reset()
-        self.refused = False
-        self._original_arm = faulthandler.dump_traceback_later
-        self._original_cancel = faulthandler.cancel_dump_traceback_later
-
-    def start(self) -> None:
-        if self.enabled or self.refused:
-            return
-        # Kept open across many ticks and closed in stop(): no context manager fits.
-        self._file = tempfile.TemporaryFile(prefix="loopwatch-deadman-")  # noqa: SIM115
-        self._offset = 0
-        self._original_arm = faulthandler.dump_traceback_later
-        self._original_cancel = faulthandler.cancel_dump_traceback_later
-        faulthandler.dump_traceback_later = self._foreign_arm
-        faulthandler.cancel_dump_traceback_later = self._foreign_cancel
-        self.enabled = True
-
-    def _foreign_arm(self, *args: Any, **kwargs: Any) -> None:
-        self._step_aside()
-        self._original_arm(*args, **kwargs)
-
-    def _foreign_cancel(self) -> None:
-        self._step_aside()
-        self._original_cancel()
-
-    def _step_aside(self) -> None:
-        if not self.enabled:
-            return
-        message = (
-            "faulthandler.dump_traceback_later is used by other code (pytest's "
-            "faulthandler_timeout?); loopwatch's deadman switch is off, so blocks inside "
-            "C calls that hold the GIL may lack the exact line"
-        )
-        self.stop(cancel=False)
-        self.refused = True
-        if log_once("deadman-conflict", message, exc_info=False):
-            self._on_event(message)
-
-    def service(self, now: float, timeout: float) -> list[_Dump]:
-        """Collect dumps that fired, and keep the switch armed. Returns (fire time, stacks)."""
-        if not self.enabled:
-            return []
-        dumps = []
-        fired = os.fstat(self._file.fileno()).st_size > self._offset
-        due = self._armed_at is None or now - self._armed_at > self._timeout / 2
-        if fired or due or timeout != self._timeout:
-            # Cancelling joins faulthandler's thread: no dump is being written after it.
-            self._original_cancel()
-            if fired:
-                dumps = self._read(self._armed_at)
-            self._original_arm(timeout, repeat=False, file=self._file.fileno(), exit=False)
-            self._armed_at = now
-            self._timeout = timeout
-        return dumps
-
-    def _read(self, armed_at: float | None) -> list[_Dump]:
-        fd = self._file.fileno()
-        size = os.fstat(fd).st_size
-        text = os.pread(fd, size - self._offset, self._offset).decode("utf-8", "replace")
-        self._offset = size
-        if size > 1 << 20:
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            self._offset = 0
-        fired_at = (armed_at or time.monotonic()) + self._timeout
-        return [(fired_at, parse_faulthandler(text))]
-
-    @property
-    def armed(self) -> bool:
-        """Whether faulthandler's timer (and so its thread) may be running."""
-        return self.enabled and self._armed_at is not None
-
-    def disarm(self) -> None:
-        """Cancel the timer; the next :meth:`service` arms it again."""
-        if self.enabled and self._armed_at is not None:
-            self._original_cancel()
-            self._armed_at = None
-
-    def forget_after_fork(self, maybe_armed: bool) -> None:
-        """In a forked child: let go of the parent's file (its offset is shared with the parent).
-
-        faulthandler's timer thread does not survive a fork, and cancelling a
-        timer that was armed at fork time then waits forever for that thread:
-        if the timer may still be armed, it is never touched again here.
-        """
-        if not self.enabled:
-            return
-        self.stop(cancel=False)
-        if maybe_armed:
-            self.refused = True
-
-    def stop(self, cancel: bool = True) -> None:
-        if not self.enabled:
-            return
-        self.enabled = False
-        if cancel:
-            self._original_cancel()
-        if faulthandler.dump_traceback_later == self._foreign_arm:
-            faulthandler.dump_traceback_later = self._original_arm
-        if faulthandler.cancel_dump_traceback_later == self._foreign_cancel:
-            faulthandler.cancel_dump_traceback_later = self._original_cancel
-        self._file.close()
-        self._file = None
-        self._armed_at = None
-
-
-class _Wakeup:
-    """How the watchdog sleeps until its next look, or until it is woken: ``Event`` semantics.
-
-    ``threading.Event.wait`` builds a condition and a fresh lock on every call;
-    waking from it cost about 40 µs of CPU more than this one lock acquired with
-    a timeout (on the project's VM, cold caches after the sleep), a third of
-    what a quiet watchdog spent per look.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()  # held while not set
-
-    def wait(self, timeout: float) -> bool:
-        """Sleep up to ``timeout``; True if woken by :meth:`set` (which this consumes)."""
-        return self._lock.acquire(timeout=timeout)
-
-    def set(self) -> None:
-        try:
-            self._lock.release()
-        except RuntimeError:
-            pass  # already set
-
-    def clear(self) -> None:
-        self._lock.acquire(blocking=False)
-
-
-class _GcTimer:
-    """Times garbage collections (``gc.callbacks``), so a block can say it was a GC pause."""
-
-    #: Collections shorter than this are too short to matter to a block.
-    MIN_PAUSE = 0.0005
-
-    def __init__(self) -> None:
-        self.pauses: deque[tuple[int, float, float]] = deque(maxlen=2048)
-        self._started: tuple[int, float] | None = None
-        self._installed = False
-
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        # A collection runs in one thread holding the GIL: one slot is enough.
-        if phase == "start":
-            self._started = (threading.get_ident(), time.monotonic())
-        elif self._started is not None:
-            thread_id, began = self._started
-            self._started = None
-            ended = time.monotonic()
-            if ended - began > self.MIN_PAUSE:
-                self.pauses.append((thread_id, began, ended))
-
-    def install(self) -> None:
-        if not self._installed:
-            gc.callbacks.append(self)
-            self._installed = True
-
-    def remove(self) -> None:
-        if self._installed:
-            self._installed = False
-            if self in gc.callbacks:
-                gc.callbacks.remove(self)
-            self.pauses.clear()
-
-    def time_in(self, thread_id: int, start: float, end: float) -> float:
-        """Seconds the collector ran in that thread between start and end."""
-        return sum(
-            max(0.0, min(end, stop) - max(start, began))
-            for tid, began, stop in list(self.pauses)
-            if tid == thread_id and stop > start and began < end
-        )
-
-
 #: A wake-up later than this waited for the GIL (the switch interval is 5 ms; a
 #: thread that releases the GIL lets the watchdog in at once).
 _LATE = 0.001
@@ -460,7 +260,7 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         #: set once the watchdog thread has taken its first look
         self._ready = threading.Event()
-        self._wake = _Wakeup()
+        self._wake = Wakeup()
         #: whether the thread was stopped for a fork and is to be started again after it
         self._resume_after_fork = False
         #: threads told to end for a fork that had not ended when it went ahead
@@ -474,7 +274,7 @@ class Watchdog:
         self._user_code = UserCode()
         self.listeners: list[Callable[[Block], None]] = []
         self._last_scan = 0.0
-        self._gc = _GcTimer()
+        self._gc = GcTimer()
         self._profiler: Any = None
         #: the probe of each loop (a test suite makes thousands of loops: no list scans)
         self._by_loop: weakref.WeakKeyDictionary[Any, Probe] = weakref.WeakKeyDictionary()
@@ -700,7 +500,7 @@ class Watchdog:
                 log_once("fork-deadman", "loopwatch could not disarm its deadman switch to fork")
 
     def _stop_thread_for_fork(self) -> bool:
-        """End the watchdog thread before a fork (see :mod:`loopwatch._fork`).
+        """End the watchdog thread before a fork (see :mod:`loopwatch._core.forking`).
 
         True if it is to be started again after. Its state lives in this object,
         so the new thread carries on watching, a block in progress included.
@@ -769,7 +569,7 @@ class Watchdog:
         else:
             self._lock = threading.RLock()  # its holder, if any, is gone
         # The gone watchdog thread may have been inside wait().
-        self._wake = _Wakeup()
+        self._wake = Wakeup()
         if inherited:
             self._inherited = weakref.WeakSet(inherited)
         if self._thread is None and not self._subscribers and not self._probes:
