@@ -29,6 +29,9 @@ from types import FrameType
 from typing import Any, Protocol
 
 from loopwatch import _precise
+from loopwatch._core import assemble
+from loopwatch._core.assemble import Cut as Cut  # re-exported: sessions and tests take it from here
+from loopwatch._core.assemble import Observed, Reading
 from loopwatch._core.deadman import Deadman
 from loopwatch._core.forking import FORK_WAIT, join_for_fork, os_thread_count, wait_for_thread_exit
 from loopwatch._core.gctimer import GcTimer
@@ -40,9 +43,6 @@ from loopwatch.model import (
     Frame,
     FunctionStat,
     LoopStats,
-    Stack,
-    advise,
-    classify,
     percentile,
 )
 from loopwatch.probe import (
@@ -58,18 +58,6 @@ from loopwatch.stacks import RawStack, UserCode, capture, to_frames
 
 WALL_OFFSET = time.time() - time.monotonic()
 """Add to a time.monotonic() reading (the loop's clock) to get wall-clock time."""
-
-
-@dataclass(frozen=True)
-class Cut:
-    """An iteration slower than the site threshold but not a block: one of a thousand cuts."""
-
-    duration: float
-    cpu_ratio: float | None
-    site: str | None
-    function: str | None
-    gc_time: float
-    loop: str = ""
 
 
 class Subscriber(Protocol):
@@ -88,18 +76,12 @@ class Subscriber(Protocol):
 
 
 @dataclass
-class _Reading:
-    at: float
-    cpu: Clock | None
-
-
-@dataclass
 class _Tracking:
     """Watchdog-side state of one probe."""
 
     seen_start: float = 0.0
-    before: _Reading | None = None
-    last: _Reading | None = None
+    before: Reading | None = None
+    last: Reading | None = None
     samples: Counter[RawStack] = field(default_factory=Counter)
     task: str | None = None
     coroutine: str | None = None
@@ -178,33 +160,12 @@ class _Settings:
 _SCAN_EVERY = 1.0
 
 
-def _cpu_ratio(
-    reference: _Reading | None,
-    cpu_end: Clock | None,
-    start: float,
-    end: float,
-    queued_from: Clock | None = None,
-) -> float | None:
-    """CPU seconds over the seconds the loop thread could have run, from ``start`` to ``end``.
-
-    The CPU reading before the iteration is the last look's; when that look
-    found the loop idle, the thread used (next to) no CPU until ``start``, so
-    the time between the look and ``start`` is not counted as time it could
-    have computed. Time spent runnable but waiting for a CPU is neither
-    computing nor waiting: it is left out, counted from the earliest reading
-    that knows it.
-    """
-    if reference is None or reference.cpu is None or cpu_end is None:
-        return None
-    computing = cpu_end[0] - reference.cpu[0]
-    queued = 0.0
-    base = reference.cpu if reference.cpu[1] is not None else queued_from
-    if cpu_end[1] is not None and base is not None and base[1] is not None:
-        queued = max(0.0, cpu_end[1] - base[1])
-    could_run = (end - max(reference.at, start)) - queued
-    if could_run <= 0:
-        return None
-    return min(1.0, max(0.0, computing / could_run))
+def _frames_of(samples: Counter[RawStack]) -> Counter[tuple[Frame, ...]]:
+    """Sampled raw stacks as frames (raw stacks that differ only in loopwatch's frames merge)."""
+    stacks: Counter[tuple[Frame, ...]] = Counter()
+    for raw, count in samples.items():
+        stacks[to_frames(raw)] += count
+    return stacks
 
 
 def _running_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
@@ -244,8 +205,6 @@ _WINDOW = 1.0
 #: How long os.fork() waits for the watchdog to finish what it is doing; past that the
 #: fork goes ahead and the child starts afresh.
 _FORK_WAIT = FORK_WAIT
-#: Distinct stacks a block keeps (the most sampled ones).
-_STACKS_KEPT = 100
 
 
 class Watchdog:
@@ -464,7 +423,7 @@ class Watchdog:
                 probe.exact_from_first_iteration()
             _precise.track(loop, probe)
             # A first CPU reading, so that a block in the very first iteration has one.
-            probe.wd = _Tracking(last=_Reading(time.monotonic(), probe.cpu_quick()))
+            probe.wd = _Tracking(last=Reading(time.monotonic(), probe.cpu_quick()))
             self._probes.append(probe)
             self._by_loop[loop] = probe
             if self._settings.deadman:
@@ -720,7 +679,7 @@ class Watchdog:
         ):
             return False
         self._account_busy(wd, now, now - last.at, False)
-        wd.last = _Reading(now, probe.cpu_only())
+        wd.last = Reading(now, probe.cpu_only())
         return True
 
     def _track(
@@ -771,7 +730,7 @@ class Watchdog:
             wd.late_time += late
         if not flush and wd.last is not None:
             self._account_busy(wd, now, now - wd.last.at, bool(start))
-        wd.last = _Reading(now, cpu)
+        wd.last = Reading(now, cpu)
         age = now - start if start else 0.0
         self._saw_busy = self._saw_busy or bool(start)
         if (
@@ -939,50 +898,31 @@ class Watchdog:
                 self._cut(probe, start, end, cpu_end, reference, samples, settings)
             return
         wd.blocks += 1
-        cpu_ratio = _cpu_ratio(reference, cpu_end, start, end, wd.queued_from if seen else None)
-        weighted: Counter[tuple[Frame, ...]] = Counter()
-        for raw, count in samples.items():
-            weighted[to_frames(raw)] += count
-        for frames, weight in dumps:
-            weighted[frames] += weight
-        frames, site_frame = self._choose_site(weighted)
-        kind = classify(cpu_ratio)
-        gil_held = None
-        if seen and wd.wakes:
-            # Many short waits (pure Python: the GIL comes back every 5 ms) or one
-            # long one (a single C call holding it throughout) both mean "held".
-            by_count = wd.late_wakes / wd.wakes
-            by_time = wd.late_time / (end - wd.watch_from) if end > wd.watch_from else 0.0
-            gil_held = min(1.0, max(by_count, by_time))
-        gc_time = self._gc.time_in(probe.thread_id, start, end)
-        if dumps and site_frame is not None and any(
-            site_frame in frames_ for frames_, _ in dumps
-        ):
-            source = "deadman"
-        else:
-            source = "sampled" if weighted else "none"
-        block = Block(
-            id=next(self._block_ids),
-            loop=probe.label,
-            started=WALL_OFFSET + start,
-            duration=duration,
-            cpu_ratio=cpu_ratio,
-            kind=kind,
-            frames=frames,
-            site=site_frame.location if site_frame else None,
-            function=site_frame.function if site_frame else None,
+        observed = Observed(
+            start=start,
+            end=end,
+            before=reference,
+            cpu_end=cpu_end,
+            queued_from=wd.queued_from if seen else None,
+            stacks=_frames_of(samples),
+            dumps=dumps,
             task=wd.task if seen else None,
             coroutine=wd.coroutine if seen else None,
             callback=callback,
-            samples=sum(samples.values()) + len(dumps),
-            # a pathological iteration (hours long) must not make an endless list
-            stacks=tuple(Stack(f, c) for f, c in weighted.most_common(_STACKS_KEPT)),
-            source=source,
+            wakes=wd.wakes if seen else 0,
+            late_wakes=wd.late_wakes,
+            late_time=wd.late_time,
+            watch_from=wd.watch_from,
+            gc_time=self._gc.time_in(probe.thread_id, start, end),
             resolution=resolution or probe.resolution,
-            advice=advise(kind, gil_held, gc_time > 0.5 * duration),
-            gil_held=gil_held,
-            gc_time=gc_time,
             functions=self._functions(tag),
+        )
+        block = assemble.block(
+            observed,
+            block_id=next(self._block_ids),
+            loop=probe.label,
+            user_code=self._user_code,
+            wall_offset=WALL_OFFSET,
         )
         self._dispatch(block, end)
 
@@ -1002,25 +942,20 @@ class Watchdog:
         start: float,
         end: float,
         cpu_end: Clock | None,
-        reference: _Reading | None,
+        reference: Reading | None,
         samples: Counter[RawStack],
         settings: _Settings,
     ) -> None:
         """An iteration over the site threshold but under the block threshold."""
-        weighted: Counter[tuple[Frame, ...]] = Counter()
-        for raw, count in samples.items():
-            weighted[to_frames(raw)] += count
-        # Only user code counts here: a sample of the loop's own machinery says
-        # nothing about which line made this iteration slow.
-        _, site_frame = self._choose_site(weighted, fallback=False)
-        cut = Cut(
-            duration=end - start,
-            cpu_ratio=_cpu_ratio(reference, cpu_end, start, end),
-            site=site_frame.location if site_frame else None,
-            function=site_frame.function if site_frame else None,
+        observed = Observed(
+            start=start,
+            end=end,
+            before=reference,
+            cpu_end=cpu_end,
+            stacks=_frames_of(samples),
             gc_time=self._gc.time_in(probe.thread_id, start, end),
-            loop=probe.label,
         )
+        cut = assemble.cut(observed, loop=probe.label, user_code=self._user_code)
         for subscriber in list(self._subscribers):
             config = subscriber.config
             if cut.duration > config.effective_site_threshold and end > subscriber.started:
@@ -1028,32 +963,6 @@ class Watchdog:
                     subscriber.receive_cut(cut)
                 except Exception:
                     log_once("sink-cut", "a loopwatch session failed to record a slow iteration")
-
-    def _choose_site(
-        self, weighted: Counter[tuple[Frame, ...]], fallback: bool = True
-    ) -> tuple[tuple[Frame, ...], Frame | None]:
-        """The most-sampled innermost user frame, and the most-sampled stack through it.
-
-        With ``fallback``, a block where no user code was seen gets its innermost
-        frame (a library's) as the site.
-        """
-        if not weighted:
-            return (), None
-        votes: Counter[Frame] = Counter()
-        innermost: Counter[Frame] = Counter()
-        for frames, count in weighted.items():
-            index = self._user_code.site_index(frames)
-            if index is not None:
-                votes[frames[index]] += count
-            elif frames:
-                innermost[frames[-1]] += count
-        if not votes and not (fallback and innermost):
-            return (), None
-        site_frame = (votes or innermost).most_common(1)[0][0]
-        best = max(
-            (item for item in weighted.items() if site_frame in item[0]), key=lambda i: i[1]
-        )
-        return best[0], site_frame
 
     def _dispatch(self, block: Block, end: float) -> None:
         for subscriber in list(self._subscribers):

@@ -1,0 +1,217 @@
+"""From what the watchdog saw of one iteration to a :class:`Block` or a :class:`Cut`.
+
+Pure functions over plain values (times, CPU readings, sampled stacks): no
+thread, lock or loop. The watchdog gathers an :class:`Observed` while an
+iteration runs and calls :func:`block` or :func:`cut` once it has ended, so
+each decision (CPU share, GIL, site, source, advice) can be tested with
+made-up samples.
+
+>>> from loopwatch.model import Frame
+>>> seen = Observed(start=10.0, end=10.2, before=Reading(9.95, (1.0, None)),
+...                 cpu_end=(1.19, None), stacks={(Frame("app.py", 7, "handler"),): 3})
+>>> b = block(seen, block_id=1, loop="Loop#1", user_code=UserCode(), wall_offset=0.0)
+>>> (b.site, b.kind, round(b.cpu_ratio, 2))
+('app.py:7', 'cpu', 0.95)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from loopwatch.model import Block, Frame, FunctionStat, Stack, advise, classify
+from loopwatch.stacks import UserCode
+
+if TYPE_CHECKING:
+    from loopwatch.probe import Clock
+
+#: Distinct stacks a block keeps (the most sampled ones).
+STACKS_KEPT = 100
+
+
+@dataclass(frozen=True)
+class Cut:
+    """An iteration slower than the site threshold but not a block: one of a thousand cuts."""
+
+    duration: float
+    cpu_ratio: float | None
+    site: str | None
+    function: str | None
+    gc_time: float
+    loop: str = ""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The loop thread's CPU clock, read at ``at`` (the loop's clock)."""
+
+    at: float
+    cpu: Clock | None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything known of one ended iteration, as plain values."""
+
+    start: float
+    end: float
+    #: the last CPU reading taken before the iteration was first seen
+    before: Reading | None
+    #: the loop thread's clock when the iteration ended
+    cpu_end: Clock | None
+    #: run-queue time from the iteration's first look on, when ``before`` lacks it
+    queued_from: Clock | None = None
+    #: sampled stacks (innermost last) and how often each was seen
+    stacks: Mapping[tuple[Frame, ...], int] = field(default_factory=dict)
+    #: faulthandler dumps during the iteration: (stack, weight in samples)
+    dumps: Sequence[tuple[tuple[Frame, ...], int]] = ()
+    task: str | None = None
+    coroutine: str | None = None
+    callback: str | None = None
+    #: looks at the iteration, those that came late, and the lateness in all
+    wakes: int = 0
+    late_wakes: int = 0
+    late_time: float = 0.0
+    #: from when the watchdog watched it (lateness counts from here)
+    watch_from: float = 0.0
+    gc_time: float = 0.0
+    resolution: str = "exact"
+    functions: tuple[FunctionStat, ...] = ()
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+def cpu_ratio(
+    before: Reading | None,
+    cpu_end: Clock | None,
+    start: float,
+    end: float,
+    queued_from: Clock | None = None,
+) -> float | None:
+    """CPU seconds over the seconds the loop thread could have run, from ``start`` to ``end``.
+
+    The CPU reading before the iteration is the last look's; when that look
+    found the loop idle, the thread used (next to) no CPU until ``start``, so
+    the time between the look and ``start`` is not counted as time it could
+    have computed. Time spent runnable but waiting for a CPU is neither
+    computing nor waiting: it is left out, counted from the earliest reading
+    that knows it.
+
+    >>> cpu_ratio(Reading(0.0, (1.0, 0.0)), (1.05, 0.05), start=0.0, end=0.1)
+    1.0
+    """
+    if before is None or before.cpu is None or cpu_end is None:
+        return None
+    computing = cpu_end[0] - before.cpu[0]
+    queued = 0.0
+    base = before.cpu if before.cpu[1] is not None else queued_from
+    if cpu_end[1] is not None and base is not None and base[1] is not None:
+        queued = max(0.0, cpu_end[1] - base[1])
+    could_run = (end - max(before.at, start)) - queued
+    if could_run <= 0:
+        return None
+    return min(1.0, max(0.0, computing / could_run))
+
+
+def gil_held(observed: Observed) -> float | None:
+    """How much of the iteration the loop thread kept the GIL, from the watchdog's lateness.
+
+    Many short waits (pure Python: the GIL comes back every 5 ms) or one long
+    one (a single C call holding it throughout) both mean "held". None when the
+    watchdog never looked at the iteration while it ran.
+    """
+    if not observed.wakes:
+        return None
+    by_count = observed.late_wakes / observed.wakes
+    span = observed.end - observed.watch_from
+    by_time = observed.late_time / span if span > 0 else 0.0
+    return min(1.0, max(by_count, by_time))
+
+
+def weigh(observed: Observed) -> Counter[tuple[Frame, ...]]:
+    """Each distinct stack and its weight: its samples, and dumps as the samples they stand for."""
+    weighted: Counter[tuple[Frame, ...]] = Counter(observed.stacks)
+    for frames, weight in observed.dumps:
+        weighted[frames] += weight
+    return weighted
+
+
+def choose_site(
+    weighted: Counter[tuple[Frame, ...]], user_code: UserCode, fallback: bool = True
+) -> tuple[tuple[Frame, ...], Frame | None]:
+    """The most-sampled innermost user frame, and the most-sampled stack through it.
+
+    With ``fallback``, a block where no user code was seen gets its innermost
+    frame (a library's) as the site.
+    """
+    if not weighted:
+        return (), None
+    votes: Counter[Frame] = Counter()
+    innermost: Counter[Frame] = Counter()
+    for frames, count in weighted.items():
+        index = user_code.site_index(frames)
+        if index is not None:
+            votes[frames[index]] += count
+        elif frames:
+            innermost[frames[-1]] += count
+    if not votes and not (fallback and innermost):
+        return (), None
+    site_frame = (votes or innermost).most_common(1)[0][0]
+    best = max((item for item in weighted.items() if site_frame in item[0]), key=lambda i: i[1])
+    return best[0], site_frame
+
+
+def block(
+    observed: Observed, *, block_id: int, loop: str, user_code: UserCode, wall_offset: float
+) -> Block:
+    """The :class:`Block` for an iteration over the threshold."""
+    ratio = cpu_ratio(
+        observed.before, observed.cpu_end, observed.start, observed.end, observed.queued_from
+    )
+    weighted = weigh(observed)
+    frames, site_frame = choose_site(weighted, user_code)
+    kind = classify(ratio)
+    held = gil_held(observed)
+    from_dump = site_frame is not None and any(site_frame in f for f, _ in observed.dumps)
+    return Block(
+        id=block_id,
+        loop=loop,
+        started=wall_offset + observed.start,
+        duration=observed.duration,
+        cpu_ratio=ratio,
+        kind=kind,
+        frames=frames,
+        site=site_frame.location if site_frame else None,
+        function=site_frame.function if site_frame else None,
+        task=observed.task,
+        coroutine=observed.coroutine,
+        callback=observed.callback,
+        samples=sum(observed.stacks.values()) + len(observed.dumps),
+        # a pathological iteration (hours long) must not make an endless list
+        stacks=tuple(Stack(f, c) for f, c in weighted.most_common(STACKS_KEPT)),
+        source="deadman" if from_dump else ("sampled" if weighted else "none"),
+        resolution=observed.resolution,
+        advice=advise(kind, held, observed.gc_time > 0.5 * observed.duration),
+        gil_held=held,
+        gc_time=observed.gc_time,
+        functions=observed.functions,
+    )
+
+
+def cut(observed: Observed, *, loop: str, user_code: UserCode) -> Cut:
+    """The :class:`Cut` for an iteration over the site threshold, under the block threshold."""
+    # Only user code counts here: a sample of the loop's own machinery says
+    # nothing about which line made this iteration slow.
+    _, site_frame = choose_site(weigh(observed), user_code, fallback=False)
+    return Cut(
+        duration=observed.duration,
+        cpu_ratio=cpu_ratio(observed.before, observed.cpu_end, observed.start, observed.end),
+        site=site_frame.location if site_frame else None,
+        function=site_frame.function if site_frame else None,
+        gc_time=observed.gc_time,
+        loop=loop,
+    )
