@@ -35,6 +35,7 @@ from loopwatch._core.assemble import Observed, Reading
 from loopwatch._core.deadman import Deadman
 from loopwatch._core.forking import FORK_WAIT, join_for_fork, os_thread_count, wait_for_thread_exit
 from loopwatch._core.gctimer import GcTimer
+from loopwatch._core.settings import Settings, merge
 from loopwatch._core.wakeup import Wakeup
 from loopwatch._log import log_once, logger
 from loopwatch.config import Config
@@ -114,48 +115,6 @@ class _Tracking:
     exact_until: float = 0.0
 
 
-@dataclass(frozen=True)
-class _Settings:
-    threshold: float
-    site_threshold: float
-    sample_interval: float
-    deadman: bool
-    precise: bool
-    profile: bool
-    profile_duty: float
-    include: tuple[str, ...]
-    exclude: tuple[str, ...]
-
-    @property
-    def tick(self) -> float:
-        # Each wake-up costs a busy loop a round trip of the GIL, and a quiet
-        # process tens of microseconds of CPU: as few as will do. Looks 0.8 x the
-        # threshold apart, with sampling from a tenth of it, give every iteration
-        # longer than 0.9 x the threshold a sampled look while it runs (a look
-        # at a younger one is followed by another within 0.8 x the threshold),
-        # with a tenth of the threshold to spare for a late wake-up. The deadman
-        # switch is re-armed every tick and must not fire between two of them.
-        return self.threshold / 2 if self.deadman else self.threshold * 0.8
-
-    @property
-    def heartbeat(self) -> float:
-        # a heartbeat loop's durations are good to one heartbeat: keep it short
-        return self.threshold / 10
-
-    @property
-    def speculate(self) -> float:
-        # Sampling (and the hook that stamps the end) starts well before the
-        # threshold is crossed, so that a block that ends just past it has been
-        # seen (see tick).
-        return self.threshold / 4 if self.deadman else self.threshold / 10
-
-    @property
-    def deadman_timeout(self) -> float:
-        # re-armed every tick (threshold / 2 with the deadman): fires only when the
-        # watchdog is stuck
-        return max(self.threshold * 0.9, 0.01)
-
-
 #: Seconds between looks for loops that were already running (new runs are patched).
 _SCAN_EVERY = 1.0
 
@@ -229,7 +188,7 @@ class Watchdog:
         self._discovery = Discovery(self._on_loop, self._on_run_end)
         self._deadman = Deadman(self._broadcast_event)
         self._block_ids = itertools.count(1)
-        self._settings: _Settings | None = None
+        self._settings: Settings | None = None
         self._user_code = UserCode()
         self.listeners: list[Callable[[Block], None]] = []
         self._last_scan = 0.0
@@ -349,18 +308,7 @@ class Watchdog:
             log_once("flush", "loopwatch failed to finish pending blocks; some may be missing")
 
     def _apply_settings(self) -> None:
-        configs = [s.config for s in self._subscribers]
-        settings = _Settings(
-            threshold=min(c.threshold for c in configs),
-            site_threshold=min(c.effective_site_threshold for c in configs),
-            sample_interval=min(c.sample_interval for c in configs),
-            deadman=any(c.deadman for c in configs),
-            precise=any(c.precise for c in configs),
-            profile=any(c.profile for c in configs),
-            profile_duty=max((c.profile_duty for c in configs if c.profile), default=1.0),
-            include=tuple(sorted({p for c in configs for p in c.include})),
-            exclude=tuple(sorted({p for c in configs for p in c.exclude})),
-        )
+        settings = merge([s.config for s in self._subscribers])
         if self._settings is None or (settings.include, settings.exclude) != (
             self._settings.include,
             self._settings.exclude,
@@ -377,7 +325,7 @@ class Watchdog:
         if not settings.deadman:
             self._deadman.stop()
 
-    def _set_profiler(self, settings: _Settings | None) -> None:
+    def _set_profiler(self, settings: Settings | None) -> None:
         """Start yappi when a session asks for profile mode, stop it when none does."""
         wanted = settings is not None and settings.profile
         if wanted and self._profiler is None:
@@ -396,7 +344,7 @@ class Watchdog:
             for probe in self._probes:
                 probe.profiler = None
 
-    def _configure(self, probe: Probe, settings: _Settings) -> None:
+    def _configure(self, probe: Probe, settings: Settings) -> None:
         # Below the block threshold, iterations still count towards per-site totals.
         probe.slow_threshold = settings.site_threshold
         running = self._profiler is not None and self._profiler.running
@@ -687,7 +635,7 @@ class Watchdog:
         probe: Probe,
         frame: FrameType | None,
         now: float,
-        settings: _Settings,
+        settings: Settings,
         flush: bool,
         late: float = 0.0,
     ) -> bool:
@@ -768,7 +716,7 @@ class Watchdog:
                 wd.coroutine = getattr(coro, "__qualname__", None) or repr(coro)
         return True
 
-    def _finish_ended(self, probe: Probe, settings: _Settings) -> None:
+    def _finish_ended(self, probe: Probe, settings: Settings) -> None:
         """Finish the iterations the loop thread recorded as ended."""
         while probe.ended:
             began, ended, clock, resolution, callback, tag = probe.ended.popleft()
@@ -848,7 +796,7 @@ class Watchdog:
             wd.window_start, wd.window_looked, wd.window_busy = now, 0.0, 0.0
 
     def _attach_dump(
-        self, fired_at: float, stacks: dict[int, tuple[Frame, ...]], settings: _Settings
+        self, fired_at: float, stacks: dict[int, tuple[Frame, ...]], settings: Settings
     ) -> None:
         # The dump stands for the whole stretch the watchdog could not run.
         weight = max(1, round(settings.deadman_timeout / settings.sample_interval))
@@ -865,7 +813,7 @@ class Watchdog:
         start: float,
         end: float,
         cpu_end: Clock | None,
-        settings: _Settings,
+        settings: Settings,
         resolution: str | None = None,
         callback: str | None = None,
         tag: int = 0,
@@ -944,7 +892,7 @@ class Watchdog:
         cpu_end: Clock | None,
         reference: Reading | None,
         samples: Counter[RawStack],
-        settings: _Settings,
+        settings: Settings,
     ) -> None:
         """An iteration over the site threshold but under the block threshold."""
         observed = Observed(
