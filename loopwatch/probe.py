@@ -38,6 +38,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from loopwatch._core.tracker import Tracking
 from loopwatch._log import log_once
 
 #: the loop thread's (CPU seconds, seconds spent runnable but waiting for a CPU, where known)
@@ -218,8 +219,8 @@ class Probe:
         self.lags: deque[float] = deque(maxlen=_LAGS_KEEP)
         self._ping_sent = 0.0
         self._generation = 0
-        # Watchdog-owned bookkeeping (only the watchdog touches it).
-        self.wd: Any = None
+        #: what the watchdog keeps of this loop between looks (only the watchdog touches it)
+        self.wd = Tracking()
         #: set (to where it happened) when loopwatch failed inside the loop's thread:
         #: the watchdog then stops watching this loop
         self.failure: str | None = None

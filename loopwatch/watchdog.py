@@ -22,9 +22,8 @@ import sys
 import threading
 import time
 import weakref
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
@@ -36,6 +35,7 @@ from loopwatch._core.deadman import Deadman
 from loopwatch._core.forking import FORK_WAIT, join_for_fork, os_thread_count, wait_for_thread_exit
 from loopwatch._core.gctimer import GcTimer
 from loopwatch._core.settings import Settings, merge
+from loopwatch._core.tracker import CUT_EVIDENCE, CUT_WINDOW, Tracking
 from loopwatch._core.wakeup import Wakeup
 from loopwatch._log import log_once, logger
 from loopwatch.config import Config
@@ -76,45 +76,6 @@ class Subscriber(Protocol):
     def receive_cut(self, cut: Cut) -> None: ...
 
 
-@dataclass
-class _Tracking:
-    """Watchdog-side state of one probe."""
-
-    seen_start: float = 0.0
-    before: Reading | None = None
-    last: Reading | None = None
-    samples: Counter[RawStack] = field(default_factory=Counter)
-    task: str | None = None
-    coroutine: str | None = None
-    dumps: list[tuple[float, tuple[Frame, ...], int]] = field(default_factory=list)
-    blocks: int = 0
-    done: float = -1.0
-    #: the watchdog's wake-ups while it tracked this iteration, and how many were late:
-    #: late means another thread (the loop, in this iteration) held the GIL
-    wakes: int = 0
-    late_wakes: int = 0
-    #: and how long those waits were, from when the watchdog first looked
-    late_time: float = 0.0
-    watch_from: float = 0.0
-    #: time-weighted busy share: whole run, and per 1-second window
-    looked: float = 0.0
-    busy: float = 0.0
-    window_start: float = 0.0
-    window_looked: float = 0.0
-    window_busy: float = 0.0
-    worst_window: float | None = None
-    last_window: float | None = None
-    #: the loop has had iterations over the site threshold: watch it closely
-    cuts: bool = False
-    pinged: float = 0.0
-    #: a reading with run-queue time, taken once the iteration looked like a block
-    queued_from: Clock | None = None
-    #: when looks found iterations older than half the site threshold (recent ones)
-    cut_looks: deque[float] = field(default_factory=lambda: deque(maxlen=_CUT_EVIDENCE))
-    #: the loop is timed on every iteration until then (0.0: it was not switched)
-    exact_until: float = 0.0
-
-
 #: Seconds between looks for loops that were already running (new runs are patched).
 _SCAN_EVERY = 1.0
 
@@ -151,15 +112,9 @@ _FRESH = 0.002
 #: Seconds between lag pings to a loop (a heartbeat loop is pinged every tick).
 _PING_EVERY = 0.5
 
-#: Slow iterations (looks at an old iteration, or ended ones) needed within
-#: _CUT_WINDOW seconds before a loop is timed per iteration ("thousand cuts").
-_CUT_EVIDENCE = 3
-_CUT_WINDOW = 2.0
 #: A loop switched to per-iteration timing goes back after this long without cuts.
 _EXACT_FOR = 30.0
 
-#: Busy share is also kept per window of this many seconds; the worst one is reported.
-_WINDOW = 1.0
 
 #: How long os.fork() waits for the watchdog to finish what it is doing; past that the
 #: fork goes ahead and the child starts afresh.
@@ -371,7 +326,7 @@ class Watchdog:
                 probe.exact_from_first_iteration()
             _precise.track(loop, probe)
             # A first CPU reading, so that a block in the very first iteration has one.
-            probe.wd = _Tracking(last=Reading(time.monotonic(), probe.cpu_quick()))
+            probe.wd = Tracking(last=Reading(time.monotonic(), probe.cpu_quick()))
             self._probes.append(probe)
             self._by_loop[loop] = probe
             if self._settings.deadman:
@@ -582,7 +537,7 @@ class Watchdog:
                 # a loop with cuts, or one that just showed a possible cut: gather the
                 # evidence quickly, so that few of a thousand cuts go uncounted
                 cut_prone = (
-                    cut_prone or probe.wd.cuts or bool(looks and now - looks[-1] < _CUT_WINDOW)
+                    cut_prone or probe.wd.cuts or bool(looks and now - looks[-1] < CUT_WINDOW)
                 )
                 if not flush and (
                     probe.resolution == "heartbeat" or now - probe.wd.pinged >= _PING_EVERY
@@ -612,7 +567,7 @@ class Watchdog:
         idle, and take a CPU reading as the reference for a block that starts
         next. True if that was all there was to do.
         """
-        wd: _Tracking = probe.wd
+        wd = probe.wd
         last = wd.last
         if (
             last is None
@@ -621,12 +576,12 @@ class Watchdog:
             or wd.exact_until
             or probe.failure is not None
             or now - wd.pinged >= _PING_EVERY
-            or (wd.cut_looks and now - wd.cut_looks[-1] < _CUT_WINDOW)
+            or (wd.cut_looks and now - wd.cut_looks[-1] < CUT_WINDOW)
             or not isinstance(probe, SelectorProbe)
             or not probe.selecting(frame)
         ):
             return False
-        self._account_busy(wd, now, now - last.at, False)
+        wd.share.account(now, now - last.at, False)
         wd.last = Reading(now, probe.cpu_only())
         return True
 
@@ -640,7 +595,7 @@ class Watchdog:
         late: float = 0.0,
     ) -> bool:
         """Sample the probe's loop if it is blocking; finish blocks that ended."""
-        wd: _Tracking = probe.wd
+        wd = probe.wd
         if flush and probe.alive():
             # A report is wanted now (from any thread): finish the iterations that
             # have ended, and leave the one in progress to the next real look; a
@@ -677,7 +632,7 @@ class Watchdog:
             wd.late_wakes += late > _LATE
             wd.late_time += late
         if not flush and wd.last is not None:
-            self._account_busy(wd, now, now - wd.last.at, bool(start))
+            wd.share.account(now, now - wd.last.at, bool(start))
         wd.last = Reading(now, cpu)
         age = now - start if start else 0.0
         self._saw_busy = self._saw_busy or bool(start)
@@ -691,7 +646,7 @@ class Watchdog:
             # site threshold (ages are spread evenly over an iteration's length).
             # A garbage collection is not the program's cut: it does not count.
             wd.cut_looks.append(now)
-            if len(wd.cut_looks) == _CUT_EVIDENCE and now - wd.cut_looks[0] < _CUT_WINDOW:
+            if len(wd.cut_looks) == CUT_EVIDENCE and now - wd.cut_looks[0] < CUT_WINDOW:
                 self._cut_prone(probe, wd, now)
         if wd.exact_until and now > wd.exact_until and not (settings.precise or settings.profile):
             self._calm(probe, wd)
@@ -722,7 +677,7 @@ class Watchdog:
             began, ended, clock, resolution, callback, tag = probe.ended.popleft()
             self._finish(probe, began, ended, clock, settings, resolution, callback, tag)
 
-    def _cut_prone(self, probe: Probe, wd: _Tracking, now: float) -> None:
+    def _cut_prone(self, probe: Probe, wd: Tracking, now: float) -> None:
         """The loop keeps having iterations over the site threshold ("a thousand cuts").
 
         For a while it is timed on every iteration and looked at every
@@ -733,12 +688,12 @@ class Watchdog:
         wd.cuts = True
         self._go_exact(probe, wd, now)
 
-    def _go_exact(self, probe: Probe, wd: _Tracking, now: float) -> None:
+    def _go_exact(self, probe: Probe, wd: Tracking, now: float) -> None:
         wd.exact_until = now + _EXACT_FOR
         if isinstance(probe, SelectorProbe) and not probe.exact:
             probe.go_exact()
 
-    def _calm(self, probe: Probe, wd: _Tracking) -> None:
+    def _calm(self, probe: Probe, wd: Tracking) -> None:
         """Nothing slow for a while: back to no cost per iteration."""
         wd.exact_until = 0.0
         wd.cuts = False
@@ -777,24 +732,6 @@ class Watchdog:
             logger.info(message)
             self._broadcast_event(message)
 
-    @staticmethod
-    def _account_busy(wd: _Tracking, now: float, elapsed: float, busy: bool) -> None:
-        """Time-weighted busy share of the loop, overall and per window."""
-        if elapsed <= 0:
-            return
-        wd.looked += elapsed
-        wd.window_looked += elapsed
-        if busy:
-            wd.busy += elapsed
-            wd.window_busy += elapsed
-        if not wd.window_start:
-            wd.window_start = now - elapsed
-        if now - wd.window_start >= _WINDOW:
-            share = wd.window_busy / wd.window_looked
-            wd.worst_window = max(wd.worst_window or 0.0, share)
-            wd.last_window = share
-            wd.window_start, wd.window_looked, wd.window_busy = now, 0.0, 0.0
-
     def _attach_dump(
         self, fired_at: float, stacks: dict[int, tuple[Frame, ...]], settings: Settings
     ) -> None:
@@ -803,7 +740,7 @@ class Watchdog:
         for probe in self._probes:
             frames = stacks.get(probe.thread_id)
             if frames:
-                wd: _Tracking = probe.wd
+                wd = probe.wd
                 wd.dumps.append((fired_at, frames, weight))
                 del wd.dumps[:-16]
 
@@ -818,7 +755,7 @@ class Watchdog:
         callback: str | None = None,
         tag: int = 0,
     ) -> None:
-        wd: _Tracking = probe.wd
+        wd = probe.wd
         if start == wd.done:
             return  # stamped twice (a hook and a fallback both saw it end): keep the first
         duration = end - start
@@ -839,7 +776,7 @@ class Watchdog:
             wd.cut_looks.append(end)
             if wd.cuts:
                 wd.exact_until = max(wd.exact_until, end + _EXACT_FOR)
-            elif len(wd.cut_looks) == _CUT_EVIDENCE and end - wd.cut_looks[0] < _CUT_WINDOW:
+            elif len(wd.cut_looks) == CUT_EVIDENCE and end - wd.cut_looks[0] < CUT_WINDOW:
                 self._cut_prone(probe, wd, end)
         if duration <= settings.threshold:
             if duration > settings.site_threshold:
@@ -982,10 +919,7 @@ class Watchdog:
 
     def _loop_stats(self, probe: Probe) -> LoopStats:
         end = probe.detached_at or time.monotonic()
-        wd: _Tracking = probe.wd
-        worst = wd.worst_window
-        if wd.window_looked >= _WINDOW / 4:  # the window in progress counts once it is long enough
-            worst = max(worst or 0.0, wd.window_busy / wd.window_looked)
+        wd = probe.wd
         lags = sorted(probe.lags)
         return LoopStats(
             loop=probe.label,
@@ -994,9 +928,9 @@ class Watchdog:
             watched=end - probe.attached_at,
             blocks=wd.blocks,
             resolution=probe.resolution,
-            busy_fraction_sampled=wd.busy / wd.looked if wd.looked > 0 else None,
-            worst_window=worst,
-            last_window=wd.last_window,
+            busy_fraction_sampled=wd.share.overall,
+            worst_window=wd.share.worst,
+            last_window=wd.share.last,
             lag_p50=percentile(lags, 50) if lags else None,
             lag_p95=percentile(lags, 95) if lags else None,
             lag_p99=percentile(lags, 99) if lags else None,

@@ -1,0 +1,108 @@
+"""What the watchdog keeps of one loop between looks: the iteration it tracks, and busy share."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from loopwatch._core.assemble import Reading
+from loopwatch.model import Frame
+from loopwatch.stacks import RawStack
+
+if TYPE_CHECKING:
+    from loopwatch.probe import Clock
+
+#: Slow iterations (looks at an old iteration, or ended ones) needed within
+#: CUT_WINDOW seconds before a loop is timed per iteration ("thousand cuts").
+CUT_EVIDENCE = 3
+CUT_WINDOW = 2.0
+
+#: Busy share is also kept per window of this many seconds; the worst one is reported.
+WINDOW = 1.0
+
+
+@dataclass
+class BusyShare:
+    """Time-weighted share of the time a loop was busy, overall and per ``WINDOW``.
+
+    Each look says whether the loop was inside an iteration; the time since the
+    previous look counts as busy or idle accordingly.
+
+    >>> share = BusyShare()
+    >>> share.account(0.5, 0.5, busy=True); share.account(1.0, 0.5, busy=False)
+    >>> share.account(1.5, 0.5, busy=False)
+    >>> share.overall, share.worst, share.last
+    (0.3333333333333333, 0.5, 0.5)
+    """
+
+    looked: float = 0.0
+    busy: float = 0.0
+    window_start: float | None = None
+    window_looked: float = 0.0
+    window_busy: float = 0.0
+    worst_window: float | None = None
+    last: float | None = None
+    """The share of the latest whole window."""
+
+    def account(self, now: float, elapsed: float, busy: bool) -> None:
+        """The ``elapsed`` seconds up to ``now`` were busy (or not)."""
+        if elapsed <= 0:
+            return
+        began = now - elapsed
+        if self.window_start is None:
+            self.window_start = began
+        elif began >= self.window_start + WINDOW and self.window_looked > 0:
+            # a stretch that begins past the window belongs to the next one
+            share = self.window_busy / self.window_looked
+            self.worst_window = max(self.worst_window or 0.0, share)
+            self.last = share
+            self.window_start, self.window_looked, self.window_busy = began, 0.0, 0.0
+        self.looked += elapsed
+        self.window_looked += elapsed
+        if busy:
+            self.busy += elapsed
+            self.window_busy += elapsed
+
+    @property
+    def overall(self) -> float | None:
+        return self.busy / self.looked if self.looked > 0 else None
+
+    @property
+    def worst(self) -> float | None:
+        """The busiest window; the one in progress counts once it is a quarter long."""
+        if self.window_looked >= WINDOW / 4:
+            return max(self.worst_window or 0.0, self.window_busy / self.window_looked)
+        return self.worst_window
+
+
+@dataclass
+class Tracking:
+    """Watchdog-side state of one probe."""
+
+    seen_start: float = 0.0
+    before: Reading | None = None
+    last: Reading | None = None
+    samples: Counter[RawStack] = field(default_factory=Counter)
+    task: str | None = None
+    coroutine: str | None = None
+    dumps: list[tuple[float, tuple[Frame, ...], int]] = field(default_factory=list)
+    blocks: int = 0
+    done: float = -1.0
+    #: the watchdog's wake-ups while it tracked this iteration, and how many were late:
+    #: late means another thread (the loop, in this iteration) held the GIL
+    wakes: int = 0
+    late_wakes: int = 0
+    #: and how long those waits were, from when the watchdog first looked
+    late_time: float = 0.0
+    watch_from: float = 0.0
+    share: BusyShare = field(default_factory=BusyShare)
+    #: the loop has had iterations over the site threshold: watch it closely
+    cuts: bool = False
+    pinged: float = 0.0
+    #: a reading with run-queue time, taken once the iteration looked like a block
+    queued_from: Clock | None = None
+    #: when looks found iterations older than half the site threshold (recent ones)
+    cut_looks: deque[float] = field(default_factory=lambda: deque(maxlen=CUT_EVIDENCE))
+    #: the loop is timed on every iteration until then (0.0: it was not switched)
+    exact_until: float = 0.0

@@ -1,0 +1,46 @@
+"""Busy share from the watchdog's looks: time-weighted, overall and per one-second window."""
+
+from __future__ import annotations
+
+import pytest
+
+from loopwatch._core.tracker import WINDOW, BusyShare
+
+
+def test_time_between_looks_counts_as_what_the_look_found() -> None:
+    """Three quarters of the time looked busy: the share says so, weighted by time, not looks."""
+    share = BusyShare()
+    share.account(0.1, 0.1, busy=False)
+    share.account(0.4, 0.3, busy=True)
+    assert share.overall == pytest.approx(0.75)
+    assert share.last is None  # no whole window yet
+
+
+def test_the_worst_window_and_the_latest_one() -> None:
+    """A saturated second between two idle ones is the worst window; the last is idle."""
+    share = BusyShare()
+    now = 0.0
+    for busy in (False, True, False):
+        for _ in range(8):  # eighths: exact in binary, so windows close where expected
+            now += WINDOW / 8
+            share.account(now, WINDOW / 8, busy=busy)
+    share.account(now + 0.01, 0.01, busy=False)  # begins the fourth window: the third closes
+    assert share.worst == pytest.approx(1.0)
+    assert share.last == pytest.approx(0.0)
+    assert share.overall == pytest.approx(1 / 3, abs=0.01)
+
+
+def test_the_window_in_progress_counts_once_it_is_a_quarter_long() -> None:
+    """A short run's busy stretch is reported even before a whole window has passed."""
+    share = BusyShare()
+    share.account(0.1, 0.1, busy=True)
+    assert share.worst is None
+    share.account(0.3, 0.2, busy=True)
+    assert share.worst == pytest.approx(1.0)
+
+
+def test_nothing_looked_nothing_known() -> None:
+    """Before any look, the share is unknown rather than zero."""
+    share = BusyShare()
+    share.account(1.0, 0.0, busy=True)
+    assert (share.overall, share.worst, share.last) == (None, None, None)
