@@ -171,7 +171,7 @@ def fed_cut(number: int, new_site: int) -> Cut:
 def drain_sinks(timeout: float = 30.0) -> None:
     """Let loopwatch's callback thread (if this version has one) catch up before measuring."""
     try:
-        from loopwatch.sinks import DISPATCHER
+        from loopwatch._core.dispatch import DISPATCHER
     except ImportError:
         return
     deadline = time.monotonic() + timeout
@@ -333,7 +333,7 @@ def main() -> int:
               f"total {other.total:.1f} s, p95 {other.p95 * 1000:.1f} ms, "
               f"max {other.max * 1000:.1f} ms")
     try:
-        from loopwatch.sinks import DISPATCHER
+        from loopwatch._core.dispatch import DISPATCHER
 
         print(f"  callback deliveries dropped (sink queue full): {DISPATCHER.dropped:,}")
     except ImportError:

@@ -30,12 +30,11 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from loopwatch._log import log_once
-from loopwatch.sinks import Sink
+from loopwatch.sinks import Sink, WatchedSession
 from loopwatch.watchdog import WATCHDOG
 
 if TYPE_CHECKING:
     from loopwatch.model import Block, LoopStats
-    from loopwatch.session import Session
 
 __all__ = ["DEFAULT_BUCKETS", "OTHER", "OpenTelemetrySink", "PrometheusSink"]
 
@@ -142,13 +141,13 @@ class _Shared:
         self.sites = _Fold(max_sites)
         self.loops = _Fold(max_loops)
         self._lock = threading.Lock()
-        self._sessions: dict[Session, int] = {}
+        self._sessions: dict[WatchedSession, int] = {}
 
-    def bind(self, session: Session) -> None:
+    def bind(self, session: WatchedSession) -> None:
         with self._lock:
             self._sessions[session] = self._sessions.get(session, 0) + 1
 
-    def unbind(self, session: Session) -> None:
+    def unbind(self, session: WatchedSession) -> None:
         with self._lock:
             left = self._sessions.pop(session, 0) - 1
             if left > 0:
@@ -194,10 +193,10 @@ class _SharedSink(Sink):
     _shared: _Shared
 
     def __init__(self) -> None:
-        self._opened: list[Session] = []
+        self._opened: list[WatchedSession] = []
         self._opened_lock = threading.Lock()
 
-    def open(self, session: Session) -> None:
+    def open(self, session: WatchedSession) -> None:
         with self._opened_lock:
             self._opened.append(session)
         self._shared.bind(session)

@@ -38,11 +38,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from loopwatch._core.assemble import Clock
 from loopwatch._core.tracker import Tracking
 from loopwatch._log import log_once
 
-#: the loop thread's (CPU seconds, seconds spent runnable but waiting for a CPU, where known)
-Clock = tuple[float, "float | None"]
 #: iteration start, end (time.monotonic, the loop's clock), the loop thread's Clock at the
 #: end, the resolution when it is not the probe's own ("tick": the end is approximate),
 #: (precise mode) the slowest callback of the iteration, and (profile mode) its profiler tag

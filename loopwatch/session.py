@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from loopwatch._core.dispatch import DISPATCHER
+from loopwatch._core.dispatch import MAX_PENDING as DISPATCHER_LIMIT
 from loopwatch._log import block_logger, forget_owner, log_once
 from loopwatch.config import Config
 from loopwatch.errors import LoopBlockedError
 from loopwatch.model import Block, FunctionStat, LoopStats, Report, SiteTable
-from loopwatch.sinks import DISPATCHER
-from loopwatch.sinks import MAX_PENDING as DISPATCHER_LIMIT
 from loopwatch.watchdog import WATCHDOG, Cut
 
 #: The site of slow iterations that no stack sample caught.

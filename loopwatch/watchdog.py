@@ -29,8 +29,8 @@ from typing import Any, Protocol
 
 from loopwatch import _precise
 from loopwatch._core import assemble
+from loopwatch._core.assemble import Clock, Observed, Reading
 from loopwatch._core.assemble import Cut as Cut  # re-exported: sessions and tests take it from here
-from loopwatch._core.assemble import Observed, Reading
 from loopwatch._core.deadman import Deadman
 from loopwatch._core.forking import FORK_WAIT, join_for_fork, os_thread_count, wait_for_thread_exit
 from loopwatch._core.gctimer import GcTimer
@@ -47,7 +47,6 @@ from loopwatch.model import (
     percentile,
 )
 from loopwatch.probe import (
-    Clock,
     Discovery,
     Probe,
     SelectorProbe,

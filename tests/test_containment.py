@@ -19,7 +19,7 @@ from workloads import BLOCK, THRESHOLD
 
 import loopwatch
 from loopwatch import Block, Sink
-from loopwatch import sinks as sinks_module
+from loopwatch._core import dispatch as dispatch_module
 from loopwatch.watchdog import WATCHDOG
 
 
@@ -155,7 +155,7 @@ def test_hanging_on_block_stalls_neither_the_loop_nor_the_watchdog() -> None:
 
 def test_hung_on_block_does_not_hang_watch_exit(monkeypatch: Any, caplog: Any) -> None:
     """A callback that never returns: watch() gives up waiting for it and says so."""
-    monkeypatch.setattr(sinks_module, "DRAIN_TIMEOUT", 0.3)
+    monkeypatch.setattr(dispatch_module, "DRAIN_TIMEOUT", 0.3)
     release = threading.Event()
     with caplog.at_level(logging.WARNING, logger="loopwatch"), loopwatch.watch(
         threshold=THRESHOLD, on_block=lambda block: release.wait(30)
@@ -172,7 +172,7 @@ def test_hung_on_block_does_not_hang_watch_exit(monkeypatch: Any, caplog: Any) -
 
 def test_sinks_queue_is_bounded(monkeypatch: Any) -> None:
     """Sinks far behind: deliveries beyond the bound are dropped, and the report says so."""
-    monkeypatch.setattr(sinks_module, "MAX_PENDING", 1)
+    monkeypatch.setattr(dispatch_module, "MAX_PENDING", 1)
     release = threading.Event()
     with loopwatch.watch(threshold=THRESHOLD, on_block=lambda block: release.wait(30)) as session:
         for _ in range(3):

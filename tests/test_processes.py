@@ -41,8 +41,8 @@ from workloads import BLOCK, THRESHOLD, Stopwatch, list_size, marked
 
 import loopwatch
 from loopwatch import Block, Config, Report
-from loopwatch import sinks as sinks_module
 from loopwatch import watchdog as watchdog_module
+from loopwatch._core import dispatch as dispatch_module
 from loopwatch.watchdog import WATCHDOG
 
 HERE = os.path.abspath(__file__)
@@ -228,7 +228,7 @@ def test_forked_child_carries_on_the_inherited_session() -> None:
         session.report()
         # The sinks thread announcing that block must be idle when the program forks:
         # see test_fork_while_the_sinks_thread_is_busy.
-        sinks_module.DISPATCHER.drain(session)
+        dispatch_module.DISPATCHER.drain(session)
 
         def child() -> list[str | None]:
             asyncio.run(_child_sleeps())
@@ -410,7 +410,7 @@ def test_fork_while_not_watching_changes_nothing() -> None:
 
 def test_on_block_runs_in_a_forked_child(monkeypatch: pytest.MonkeyPatch) -> None:
     """on_block is called for the child's block, even if the parent's sinks thread was running."""
-    monkeypatch.setattr(sinks_module, "DRAIN_TIMEOUT", 1.0)  # what a stuck dispatcher costs here
+    monkeypatch.setattr(dispatch_module, "DRAIN_TIMEOUT", 1.0)  # what a stuck dispatcher costs here
 
     def child() -> list[str | None]:
         got: list[Block] = []
@@ -430,7 +430,7 @@ def test_fork_while_the_sinks_thread_is_busy() -> None:
     forked = threading.Event()
 
     def hold() -> None:
-        with sinks_module.DISPATCHER._cond:  # as the sinks thread does, between deliveries
+        with dispatch_module.DISPATCHER._cond:  # as the sinks thread does, between deliveries
             holding.set()
             forked.wait(CHILD_DEADLINE)
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from loopwatch.model import Block, Frame, FunctionStat, Stack, advise, classify
 from loopwatch.stacks import UserCode
 
-if TYPE_CHECKING:
-    from loopwatch.probe import Clock
+#: a loop thread's (CPU seconds, seconds spent runnable but waiting for a CPU, where known)
+Clock = tuple[float, "float | None"]
 
 #: Distinct stacks a block keeps (the most sampled ones).
 STACKS_KEPT = 100

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from loopwatch._core.assemble import Reading
+from loopwatch._core.assemble import Clock, Reading
 from loopwatch.model import Frame
 from loopwatch.stacks import RawStack
-
-if TYPE_CHECKING:
-    from loopwatch.probe import Clock
 
 #: Slow iterations (looks at an old iteration, or ended ones) needed within
 #: CUT_WINDOW seconds before a loop is timed per iteration ("thousand cuts").
