@@ -143,8 +143,36 @@ def _env_values(env: Mapping[str, str] | None, names: set[str]) -> dict[str, str
     return out
 
 
-_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
-               "0": False, "false": False, "no": False, "off": False}
+#: How a yes or a no is written in an environment variable, ini file or option.
+BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+              "0": False, "false": False, "no": False, "off": False}
+
+
+def parse_bool(
+    raw: Any, name: str, source: str, error: type[ConfigError] | None = None
+) -> bool:
+    """A flag from ``raw`` (a bool, or one of :data:`BOOL_WORDS`), or ``error`` (a ConfigError)."""
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower()
+    if word not in BOOL_WORDS:
+        raise (error or ConfigError)(name, raw, source, "expected true or false")
+    return BOOL_WORDS[word]
+
+
+def parse_seconds(
+    raw: Any, name: str, source: str, error: type[ConfigError] | None = None
+) -> float:
+    """A positive, finite number of seconds from ``raw``, or ``error`` (a ConfigError)."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(raw, bool) or not math.isfinite(value) or value <= 0:
+        raise (error or ConfigError)(
+            name, raw, source, "expected a number of seconds > 0, e.g. 0.1"
+        )
+    return value
 
 
 def _parse(name: str, raw: Any, source: str) -> Any:
@@ -158,7 +186,7 @@ def _parse(name: str, raw: Any, source: str) -> Any:
         if name == "max_blocks":
             return int(text)
         if name in ("precise", "profile", "deadman"):
-            return _BOOL_WORDS[text.lower()]
+            return BOOL_WORDS[text.lower()]
         if name in ("include", "exclude"):
             return tuple(p.strip() for p in text.replace("\n", ",").split(",") if p.strip())
     except (ValueError, KeyError):
@@ -186,11 +214,16 @@ _ALLOWED = {
 
 
 class ConfigError(ValueError):
-    """Raised when a loopwatch setting has a value it cannot use."""
+    """Raised when a loopwatch setting has a value it cannot use.
 
-    def __init__(self, name: str, value: Any, source: str) -> None:
+    The message names the setting, the value, where it came from and what is
+    allowed (``allowed``, or what is known to be allowed for that setting).
+    """
+
+    def __init__(self, name: str, value: Any, source: str, allowed: str | None = None) -> None:
         self.name, self.value, self.source = name, value, source
-        super().__init__(f"invalid loopwatch {name} {value!r} from {source}: {_ALLOWED[name]}")
+        allowed = allowed or _ALLOWED.get(name, "not a value loopwatch can use")
+        super().__init__(f"invalid loopwatch {name} {value!r} from {source}: {allowed}")
 
 
 def _bad(name: str, value: Any, source: str) -> ConfigError:

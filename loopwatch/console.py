@@ -20,7 +20,6 @@ import linecache
 import os
 import re
 import sys
-import sysconfig
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -30,6 +29,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from loopwatch._format import duration, milliseconds, short_path, short_site
 from loopwatch.model import Block, Frame, FunctionStat, LoopStats, Report
 from loopwatch.stacks import UserCode
 
@@ -47,35 +47,8 @@ _INDENT = 4
 _TRAILING_BLANKS = re.compile(r" +((?:\x1b\[[0-9;]*m)*)$")
 
 
-def short_path(path: str) -> str:
-    """A file name as a person wants to read it: relative to here, or to site-packages."""
-    if path.startswith("<"):
-        return path
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        relative = path
-    if not relative.startswith(".." + os.sep):
-        return relative
-    for marker in ("site-packages", "dist-packages"):
-        index = path.find(os.sep + marker + os.sep)
-        if index >= 0:
-            return path[index + len(marker) + 2:]
-    lib = sysconfig.get_paths().get("stdlib", "")
-    if lib and path.startswith(lib + os.sep):
-        return path[len(lib) + 1:]
-    return path
-
-
-def short_site(site: str | None) -> str:
-    if not site:
-        return "<no stack captured>"
-    path, _, line = site.rpartition(":")
-    return f"{short_path(path)}:{line}" if path else site
-
-
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.1f} ms"
+    return milliseconds(seconds, 1)
 
 
 def block_line(block: Block) -> str:
@@ -117,17 +90,6 @@ def print_summary(report: Report, file: TextIO | None = None) -> None:
 _KIND_STYLE = {"cpu": "bold red", "wait": "bold yellow", "mixed": "bold magenta"}
 
 
-def _duration(seconds: float) -> str:
-    """Milliseconds below a second, then seconds: short enough for a table cell."""
-    if seconds >= 10:
-        return f"{seconds:,.1f} s"
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 0.1:
-        return f"{seconds * 1000:,.0f} ms"
-    return f"{seconds * 1000:,.1f} ms"
-
-
 def _percent(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.0%}"
 
@@ -167,10 +129,10 @@ def _summary(report: Report) -> Text:
     count = len(report.blocks) + report.dropped_blocks
     text = Text("loopwatch: ", style="bold")
     if count:
-        text.append(f"{_plural(count, 'block')} over {_duration(report.threshold)}", style="bold")
-        text.append(f", {_duration(report.total_blocked)} blocked in total")
+        text.append(f"{_plural(count, 'block')} over {duration(report.threshold)}", style="bold")
+        text.append(f", {duration(report.total_blocked)} blocked in total")
     else:
-        text.append(f"no blocks over {_duration(report.threshold)}", style="bold green")
+        text.append(f"no blocks over {duration(report.threshold)}", style="bold green")
     worst = _worst_loop(report)
     if worst is not None:
         share = worst.worst_window if worst.worst_window is not None else worst.busy_fraction
@@ -190,7 +152,7 @@ _KIND_LABEL = {"cpu": "computing", "wait": "waiting", "mixed": "computing and wa
 def _block_header(number: int, block: Block) -> Text:
     text = Text()
     text.append(f"#{number}  ", style="bold")
-    text.append(_duration(block.duration), style="bold")
+    text.append(duration(block.duration), style="bold")
     if block.resolution == "heartbeat":
         text.append(" (± heartbeat)", style="dim")
     text.append("  ")
@@ -202,7 +164,7 @@ def _block_header(number: int, block: Block) -> Text:
         facts.append("GIL released" if block.gil_released else
                      f"GIL held {_percent(block.gil_held)}")
     if block.gc_time > 0 and block.gc_time >= _NOTABLE_GC * block.duration:
-        facts.append(f"GC {_duration(block.gc_time)}")
+        facts.append(f"GC {duration(block.gc_time)}")
     if facts:
         text.append(" (" + ", ".join(facts) + ")")
     who = []
@@ -222,7 +184,7 @@ def _where(block: Block) -> Text:
     text = Text()
     if block.mostly_gc:
         text.append("mostly a GC pause", style="bold")
-        text.append(f": {_duration(block.gc_time)} of {_duration(block.duration)} in the garbage "
+        text.append(f": {duration(block.gc_time)} of {duration(block.duration)} in the garbage "
                     "collector, which runs at whatever line allocates next")
         if block.site:
             text.append(f" (here {short_site(block.site)})", style="dim")
@@ -356,7 +318,7 @@ def _functions_line(functions: Sequence[FunctionStat], limit: int = 4) -> Text |
         if index:
             text.append(", ", style="dim")
         text.append(stat.name)
-        text.append(f" {_duration(stat.own)}", style="dim")
+        text.append(f" {duration(stat.own)}", style="dim")
     return text
 
 
@@ -402,15 +364,15 @@ def _sites_table(report: Report, limit: int) -> RenderableType:
         if cuts_known and short >= _MANY_CUTS:
             over = f"{site.blocks} over" if site.blocks else "none over"
             cell.append(f"\nthousand cuts: {short} short blocks, {over} "
-                        f"{_duration(report.threshold)}", style="yellow")
+                        f"{duration(report.threshold)}", style="yellow")
         elif cuts_known and short:
             iterations = "iteration" if short == 1 else "iterations"
-            cell.append(f"\n{short} slow {iterations} under {_duration(report.threshold)}",
+            cell.append(f"\n{short} slow {iterations} under {duration(report.threshold)}",
                         style="yellow")
         if site.advice:
             cell.append(f"\n→ {site.advice}", style="green")
         table.add_row(
-            str(site.count), _duration(site.total), _duration(site.p95), _duration(site.max),
+            str(site.count), duration(site.total), duration(site.p95), duration(site.max),
             Text(_percent(site.cpu_ratio), style=_KIND_STYLE.get(site.kind, "")), cell,
         )
     return table
@@ -430,7 +392,7 @@ def _loops(report: Report) -> list[RenderableType]:
         if stats.worst_window is not None:
             facts.append(", worst 1 s window " if facts else "worst 1 s window ")
             facts.append(_percent(stats.worst_window), style="bold red" if stats.saturated else "")
-        lags = [f"{name} {_duration(value)}" for name, value in
+        lags = [f"{name} {duration(value)}" for name, value in
                 (("p50", stats.lag_p50), ("p99", stats.lag_p99), ("max", stats.lag_max))
                 if value is not None]
         if lags:
@@ -457,7 +419,7 @@ def _functions_table(functions: Sequence[FunctionStat], limit: int) -> Renderabl
     table.add_column("where", overflow="fold", ratio=2, style="dim")
     for stat in functions[:limit]:
         where = short_path(stat.file) + (f":{stat.line}" if stat.line > 0 else "")
-        table.add_row(Text(stat.name, style="bold"), _duration(stat.own), _duration(stat.total),
+        table.add_row(Text(stat.name, style="bold"), duration(stat.own), duration(stat.total),
                       f"{stat.calls:,}", where)
     return table
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from os import PathLike
 from typing import Any, Literal
 
-from loopwatch.console import short_path, short_site
+from loopwatch._format import short_path, short_site
 from loopwatch.model import Block, Frame, Report
 
 SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"

@@ -38,6 +38,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import pytest
 
+from loopwatch._format import milliseconds
+from loopwatch.config import ConfigError, parse_bool, parse_seconds
+
 if TYPE_CHECKING:
     from loopwatch.config import Config
     from loopwatch.model import Block
@@ -90,12 +93,8 @@ class LoopwatchWarning(UserWarning):
 # -- settings ----------------------------------------------------------------------
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigError):
     """Raised when a loopwatch pytest setting has a value it cannot use."""
-
-    def __init__(self, name: str, value: Any, source: str, allowed: str) -> None:
-        self.name, self.value, self.source = name, value, source
-        super().__init__(f"invalid loopwatch {name} {value!r} from {source}: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -123,28 +122,13 @@ _NAMES: dict[str, tuple[str, str, str]] = {
     "json_path": ("--loopwatch-json", "LOOPWATCH_PYTEST_JSON", "loopwatch_json"),
 }
 
-_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
-               "0": False, "false": False, "no": False, "off": False}
-
-
 def _parse_threshold(raw: Any, source: str) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(raw, bool) or not math.isfinite(value) or value <= 0:
-        raise SettingsError("threshold", raw, source, "expected a number of seconds > 0, e.g. 0.1")
-    return value
+    return parse_seconds(raw, "threshold", source, SettingsError)
 
 
 def _parse(name: str, raw: Any, source: str) -> Any:
     if name == "enabled":
-        if isinstance(raw, bool):
-            return raw
-        word = str(raw).strip().lower()
-        if word not in _BOOL_WORDS:
-            raise SettingsError("enabled", raw, source, "expected true or false")
-        return _BOOL_WORDS[word]
+        return parse_bool(raw, "enabled", source, SettingsError)
     if name == "threshold":
         return _parse_threshold(raw, source)
     if name == "mode":
@@ -166,8 +150,8 @@ def resolve_settings(
 
     ``cli`` and ``ini`` are keyed by setting name (``enabled``, ``threshold``,
     ``mode``, ``json_path``); ``None`` or ``""`` means not set. ``env`` is the
-    process environment. Raises :class:`SettingsError` naming the setting, the
-    value and where it came from.
+    process environment. Raises :class:`~loopwatch.config.ConfigError` naming
+    the setting, the value and where it came from.
 
     >>> resolve_settings(cli={"threshold": "0.2"}, env={"LOOPWATCH_THRESHOLD": "0.3"}).threshold
     0.2
@@ -197,7 +181,7 @@ def _threshold_option(text: str) -> float:
 
     try:
         return _parse_threshold(text, "--loopwatch-threshold")
-    except SettingsError:
+    except ConfigError:
         raise argparse.ArgumentTypeError(
             f"invalid value {text!r}: expected a number of seconds > 0, e.g. 0.1"
         )
@@ -261,7 +245,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_DOC)
     try:
         settings = _settings_from(config)
-    except SettingsError as error:
+    except ConfigError as error:
         enabled = config.getoption("loopwatch")
         if enabled is None:
             # Not asked for on the command line: only complain if it was switched on elsewhere.
@@ -270,7 +254,7 @@ def pytest_configure(config: pytest.Config) -> None:
                     env={k: v for k, v in os.environ.items() if k == "LOOPWATCH_PYTEST"},
                     ini={"enabled": config.getini("loopwatch")},
                 ).enabled
-            except SettingsError:
+            except ConfigError:
                 enabled = True
         if enabled or error.name == "enabled":
             raise pytest.UsageError(str(error))
@@ -579,7 +563,7 @@ class LoopwatchPlugin:
         error = None
         try:
             rules = _rules_for(item, self.settings.threshold)
-        except SettingsError as bad:
+        except ConfigError as bad:
             rules, error = _TestRules(self.settings.threshold, True), str(bad)
         state = self._current = _ItemState(item.nodeid, rules)
         state.mark()
@@ -958,7 +942,7 @@ class LoopwatchPlugin:
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.0f} ms"
+    return milliseconds(seconds)
 
 
 def _ended(block: Block) -> float:
@@ -1096,7 +1080,7 @@ def loopwatch(request: pytest.FixtureRequest) -> Generator[LoopwatchBlocks, None
     settings = config.stash.get(_settings_key, None) or Settings()
     try:
         rules = _rules_for(request.node, settings.threshold)
-    except SettingsError as error:
+    except ConfigError as error:
         pytest.fail(str(error), pytrace=False)
     from loopwatch.session import Session
 

@@ -216,7 +216,17 @@ def test_file_write_and_fsync(tmp_path: Any) -> None:
             journal.flush()
             os.fsync(journal.fileno())  # block: fsync
 
-    assert_one_block(watch_run(main), "fsync", watch, "wait")
+    blocks = watch_run(main)
+    # The kernel flushes the pages in the calling thread's time: on the project's VM
+    # the fsync itself spends 11-19% of its time on the CPU (time.thread_time around
+    # it), so its ratio sits at the wait/mixed boundary (0.2); what matters is that it
+    # is found, timed and not taken for computing.
+    assert len(blocks) == 1, [f"{b.duration:.3f}s at {b.site}" for b in blocks]
+    (block,) = blocks
+    assert block.site == marked(HERE, "fsync"), block.stacks
+    assert block.duration == pytest.approx(watch.elapsed, rel=0.10)
+    assert block.cpu_ratio is not None and block.cpu_ratio <= 0.35
+    assert block.kind in ("wait", "mixed")
 
 
 # -- computing --------------------------------------------------------------------------

@@ -769,3 +769,20 @@ def test_internal_failures_degrade_without_breaking_the_suite(pytester: pytest.P
         "loopwatch: could not write the JSON report to *a_directory*",
     ], consecutive=False)
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize("word", ["yes", "On", "0", "false", "maybe"])
+def test_plugin_and_core_read_a_yes_or_no_alike(word: str) -> None:
+    """One parser for flags: a word means the same to --loopwatch's env var as to the core's."""
+    from loopwatch.config import Config, ConfigError
+
+    try:
+        core: bool | str = Config.resolve(env={"LOOPWATCH_PRECISE": word}).precise
+    except ConfigError:
+        core = "refused"
+    try:
+        plugin: bool | str = resolve_settings(env={"LOOPWATCH_PYTEST": word}).enabled
+    except ConfigError as error:  # the plugin's SettingsError is a kind of ConfigError
+        assert isinstance(error, SettingsError)
+        plugin = "refused"
+    assert core == plugin
