@@ -21,7 +21,6 @@ import os
 import sys
 import threading
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable
 from types import FrameType
@@ -34,6 +33,7 @@ from loopwatch._core.assemble import Cut as Cut  # re-exported: sessions and tes
 from loopwatch._core.deadman import Deadman
 from loopwatch._core.forking import FORK_WAIT, join_for_fork, os_thread_count, wait_for_thread_exit
 from loopwatch._core.gctimer import GcTimer
+from loopwatch._core.registry import LoopRegistry
 from loopwatch._core.settings import Settings, merge
 from loopwatch._core.tracker import CUT_EVIDENCE, CUT_WINDOW, Tracking
 from loopwatch._core.wakeup import Wakeup
@@ -51,7 +51,6 @@ from loopwatch.probe import (
     Probe,
     SelectorProbe,
     ThreadClock,
-    make_probe,
     running_loops,
 )
 from loopwatch.stacks import RawStack, UserCode, capture, to_frames
@@ -126,7 +125,7 @@ class Watchdog:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._subscribers: list[Subscriber] = []
-        self._probes: list[Probe] = []
+        self._loops = LoopRegistry()
         #: the watchdog thread; any other thread still running _run() (one told to stop
         #: that has not yet seen it) ends at its next look
         self._thread: threading.Thread | None = None
@@ -148,14 +147,6 @@ class Watchdog:
         self._last_scan = 0.0
         self._gc = GcTimer()
         self._profiler: Any = None
-        #: the probe of each loop (a test suite makes thousands of loops: no list scans)
-        self._by_loop: weakref.WeakKeyDictionary[Any, Probe] = weakref.WeakKeyDictionary()
-        #: loops that made loopwatch fail: not watched again while the watchdog runs
-        self._given_up: weakref.WeakSet[Any] = weakref.WeakSet()
-        #: one CPU clock per thread, shared by the loops that thread runs
-        self._clocks: dict[int, ThreadClock] = {}
-        #: in a forked child: loops that were running in the parent (they never run here)
-        self._inherited: weakref.WeakSet[Any] = weakref.WeakSet()
         #: whether the thread that is forking holds the lock, by thread id
         self._fork_held: dict[int, bool] = {}
 
@@ -181,7 +172,7 @@ class Watchdog:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
             self._safe_flush()
-            for probe in self._probes:
+            for probe in self._loops.probes:
                 subscriber.receive_loop(self._loop_stats(probe))
             self._subscribers.remove(subscriber)
             if self._subscribers:
@@ -201,8 +192,8 @@ class Watchdog:
             self._gc.remove()
             _precise.remove()
             self._set_profiler(None)
-            self._drop_all_loops()
-            self._given_up = weakref.WeakSet()
+            self._loops.drop_all()
+            self._loops.forget_given_up()
             self._deadman.stop()
             self._deadman.refused = False
             self._settings = None
@@ -225,7 +216,7 @@ class Watchdog:
         loop must not keep the watchdog from its work. The numbers are read field
         by field, so one may be a look newer than another; that is all.
         """
-        return [self._loop_stats(probe) for probe in list(self._probes)]
+        return [self._loop_stats(probe) for probe in list(self._loops.probes)]
 
     def attach_running_loops(self) -> None:
         """Watch, right away, the loop running in this thread and asyncio loops in other threads."""
@@ -246,7 +237,7 @@ class Watchdog:
 
     def flush(self) -> None:
         """Finish every block that has ended, now (used before reading a report)."""
-        if not any(probe.ended or not probe.alive() for probe in list(self._probes)):
+        if not any(probe.ended or not probe.alive() for probe in list(self._loops.probes)):
             # Nothing to finish: readers polling report() in a tight loop must not
             # keep the watchdog from its lock (it would miss samples, even blocks).
             return
@@ -270,7 +261,7 @@ class Watchdog:
             self._user_code = UserCode(settings.include, settings.exclude)
         self._settings = settings
         self._set_profiler(settings)
-        for probe in self._probes:
+        for probe in self._loops.probes:
             self._configure(probe, settings)
         if settings.precise:
             _precise.install()
@@ -295,7 +286,7 @@ class Watchdog:
         elif not wanted and self._profiler is not None:
             self._profiler.stop()
             self._profiler = None
-            for probe in self._probes:
+            for probe in self._loops.probes:
                 probe.profiler = None
 
     def _configure(self, probe: Probe, settings: Settings) -> None:
@@ -310,14 +301,11 @@ class Watchdog:
         with self._lock:
             if self._settings is None:
                 return
-            known = self._by_loop.get(loop)
-            if (known is not None and known.alive()) or loop in self._given_up:
-                return
-            if loop in self._inherited:
+            if not self._loops.wants(loop):
                 return
             if self._thread is None and self._subscribers:
                 self._start_thread()  # a forked child watching its first loop
-            probe = make_probe(loop, thread_id or threading.get_ident(), self._clocks)
+            probe = self._loops.attach(loop, thread_id or threading.get_ident())
             self._configure(probe, self._settings)
             if isinstance(probe, SelectorProbe) and probe.want_exact and thread_id is None:
                 # In the loop's own thread, before its first iteration: switch now,
@@ -326,8 +314,6 @@ class Watchdog:
             _precise.track(loop, probe)
             # A first CPU reading, so that a block in the very first iteration has one.
             probe.wd = Tracking(last=Reading(time.monotonic(), probe.cpu_quick()))
-            self._probes.append(probe)
-            self._by_loop[loop] = probe
             if self._settings.deadman:
                 # Armed now, not at the next tick: the loop's first callback may
                 # already be a C call that keeps the watchdog out.
@@ -336,7 +322,7 @@ class Watchdog:
 
     def _on_run_end(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
-            probe = self._by_loop.get(loop)
+            probe = self._loops.get(loop)
             if probe is not None:
                 probe.run_ended()
 
@@ -431,17 +417,15 @@ class Watchdog:
             self._lock = threading.RLock()  # its holder, if any, is gone
         # The gone watchdog thread may have been inside wait().
         self._wake = Wakeup()
-        if inherited:
-            self._inherited = weakref.WeakSet(inherited)
-        if self._thread is None and not self._subscribers and not self._probes:
+        self._loops.inherited_from_parent(inherited)
+        if self._thread is None and not self._subscribers and not self._loops.probes:
             return  # not watching: nothing else to do
         try:
             self._thread = None
-            for probe in self._probes:
-                loop = probe.loop
-                if loop is not None and loop.is_running():
-                    self._inherited.add(loop)
-            self._drop_all_loops()  # their CPU clocks' files are the parent threads'
+            self._loops.inherited_from_parent(
+                [p.loop for p in self._loops.probes if p.loop is not None and p.loop.is_running()]
+            )
+            self._loops.drop_all()  # their CPU clocks' files are the parent threads'
             self._gc.pauses.clear()
             self._deadman.forget_after_fork(maybe_armed=not held)
         except Exception:
@@ -519,7 +503,7 @@ class Watchdog:
         cut_prone = False
         heartbeat = False
         self._saw_busy = False
-        for probe in list(self._probes):
+        for probe in list(self._loops.probes):
             if not flush and self._idle_look(probe, frames.get(probe.thread_id), now):
                 continue
             if probe.failure is not None:
@@ -547,7 +531,7 @@ class Watchdog:
             except Exception:
                 self._give_up(probe, "the watchdog")
         del frames
-        if settings.deadman and self._probes and not flush:
+        if settings.deadman and self._loops.probes and not flush:
             self._deadman.start()
             for fired_at, stacks in self._deadman.service(now, settings.deadman_timeout):
                 self._attach_dump(fired_at, stacks, settings)
@@ -711,7 +695,7 @@ class Watchdog:
         nothing to learn there.
         """
         now = time.monotonic()
-        for probe in self._probes:
+        for probe in self._loops.probes:
             if not isinstance(probe, SelectorProbe) or probe.exact or probe.want_exact:
                 continue
             loop = probe.loop
@@ -736,7 +720,7 @@ class Watchdog:
     ) -> None:
         # The dump stands for the whole stretch the watchdog could not run.
         weight = max(1, round(settings.deadman_timeout / settings.sample_interval))
-        for probe in self._probes:
+        for probe in self._loops.probes:
             frames = stacks.get(probe.thread_id)
             if frames:
                 wd = probe.wd
@@ -871,13 +855,7 @@ class Watchdog:
         # A failure in the loop's thread was logged there, with its traceback.
         if probe.failure is None:
             probe.log_failure(where)
-        if probe in self._probes:
-            self._probes.remove(probe)
-            self._drop_clock_if_unused(probe.thread_id)
-        loop = probe.loop
-        if loop is not None:
-            self._given_up.add(loop)
-            self._by_loop.pop(loop, None)
+        self._loops.give_up(probe)
         try:
             probe.detach()
         except Exception:
@@ -892,29 +870,10 @@ class Watchdog:
         if settings is not None:
             self._track(probe, None, now, settings, flush=True)
         probe.detach()
-        self._probes.remove(probe)
-        self._drop_clock_if_unused(probe.thread_id)
+        self._loops.retire(probe)
         stats = self._loop_stats(probe)
         for subscriber in self._subscribers:
             subscriber.receive_loop(stats)
-
-    def _drop_all_loops(self) -> None:
-        """Detach every probe and close every CPU clock."""
-        for probe in self._probes:
-            try:
-                probe.detach()
-            except Exception:
-                log_once("detach", "loopwatch could not remove its hooks from a loop")
-        self._probes = []
-        self._by_loop = weakref.WeakKeyDictionary()
-        for clock in self._clocks.values():
-            clock.close()
-        self._clocks = {}
-
-    def _drop_clock_if_unused(self, thread_id: int) -> None:
-        """Threads come and go in a long-running service: keep clocks of live loops only."""
-        if thread_id in self._clocks and all(p.thread_id != thread_id for p in self._probes):
-            self._clocks.pop(thread_id).close()
 
     def _loop_stats(self, probe: Probe) -> LoopStats:
         end = probe.detached_at or time.monotonic()

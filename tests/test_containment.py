@@ -30,7 +30,7 @@ async def _block_once(seconds: float = BLOCK) -> None:
 
 
 def _probe_of_running_loop() -> Any:
-    return WATCHDOG._by_loop[asyncio.get_running_loop()]
+    return WATCHDOG._loops.get(asyncio.get_running_loop())
 
 
 def _run_in_thread(coro_fn: Any) -> tuple[threading.Thread, list[Any]]:

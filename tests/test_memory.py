@@ -175,8 +175,8 @@ def test_closed_loops_leave_no_probe_behind() -> None:
     with loopwatch.watch(threshold=THRESHOLD) as session:
         _short_lived_loops(in_threads=12, in_main=8)
         WATCHDOG.flush()
-        probes = list(WATCHDOG._probes)
-        tracked = len(WATCHDOG._by_loop)
+        probes = list(WATCHDOG._loops.probes)
+        tracked = WATCHDOG._loops.known_loops()
     assert len(session.report().loops) == 20  # each was watched, and handed in its statistics
     assert probes == []
     assert tracked == 0
@@ -187,7 +187,7 @@ def test_ended_threads_leave_no_cpu_clock_behind() -> None:
     with loopwatch.watch(threshold=THRESHOLD):
         _short_lived_loops(in_threads=8, in_main=2)
         WATCHDOG.flush()
-        clocks = set(WATCHDOG._clocks)
+        clocks = WATCHDOG._loops.clock_threads()
     # the main thread is the only one alive that ran a loop
     assert clocks <= {threading.get_ident()}
 
