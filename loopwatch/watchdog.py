@@ -107,6 +107,9 @@ _LATE = 0.001
 #: Frames taken on waking are used if the watchdog's lock was had within this many seconds.
 _FRESH = 0.002
 
+#: How long one late wake-up (another thread held the GIL) keeps the closer pace.
+_CONTENDED_FOR = 2.0
+
 #: Seconds between lag pings to a loop (a heartbeat loop is pinged every tick).
 _PING_EVERY = 0.5
 
@@ -138,6 +141,8 @@ class Watchdog:
         self._ending: list[threading.Thread] = []
         #: whether the last look found a loop inside an iteration
         self._saw_busy = False
+        #: until then the watchdog looks at the closer pace: it recently woke late
+        self._contended_until = 0.0
         self._discovery = Discovery(self._on_loop, self._on_run_end)
         self._deadman = Deadman(self._broadcast_event)
         self._block_ids = itertools.count(1)
@@ -541,7 +546,14 @@ class Watchdog:
             # Looking often enough to catch most cuts, not at the block sampler's
             # pace: every wake-up costs the busy loop a round trip of the GIL.
             return max(settings.sample_interval, settings.site_threshold / 2)
-        return settings.heartbeat if heartbeat else settings.tick
+        if heartbeat:
+            return settings.heartbeat
+        if late >= sys.getswitchinterval() and not flush:
+            # waited a whole switch interval: another thread held the GIL
+            self._contended_until = now + _CONTENDED_FOR
+        # A watchdog that has to wait for the GIL may wake too late to see a block:
+        # while it does, it looks at the closer pace (a quiet process pays nothing).
+        return settings.tick if now >= self._contended_until else settings.contended_tick
 
     def _idle_look(self, probe: Probe, frame: FrameType | None, now: float) -> bool:
         """The most common look, kept lean: the loop waits in select and nothing is due.

@@ -39,6 +39,12 @@ class Settings:
         return self.threshold / 2 if self.deadman else self.threshold * 0.8
 
     @property
+    def contended_tick(self) -> float:
+        # While the watchdog wakes late (other threads hold the GIL), ticks farther
+        # apart than this can all land after a block has ended.
+        return min(self.tick, self.threshold / 2)
+
+    @property
     def heartbeat(self) -> float:
         # a heartbeat loop's durations are good to one heartbeat: keep it short
         return self.threshold / 10
