@@ -10,27 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from loopwatch.probe import Probe
 
 _HANDLE = asyncio.events.Handle
 _ORIGINAL_RUN = _HANDLE.__dict__["_run"]
-_probes: weakref.WeakKeyDictionary[Any, Probe] = weakref.WeakKeyDictionary()
 _installed = False
 
 
-def track(loop: asyncio.AbstractEventLoop, probe: Probe) -> None:
-    """Remember which probe a loop's callbacks report to."""
-    _probes[loop] = probe
+def install(probes: Mapping[Any, Probe]) -> None:
+    """Time every callback; each reports to its loop's probe in ``probes`` (loop -> probe).
 
-
-def install() -> None:
+    ``probes`` is the watchdog's own map, read at every callback: it must stay
+    the same object while installed.
+    """
     global _installed
     if _installed:
         return
-    probes = _probes
     original = _ORIGINAL_RUN
     clock = time.monotonic
 
@@ -52,12 +50,13 @@ def install() -> None:
     _installed = True
 
 
-def remove() -> None:
+def remove(probes: Iterable[Probe] = ()) -> None:
+    """Stop timing callbacks; ``probes`` forget the slowest one they were told of."""
     global _installed
     if not _installed:
         return
     _installed = False
     if getattr(_HANDLE.__dict__.get("_run"), "__loopwatch__", False):
         _HANDLE._run = _ORIGINAL_RUN  # type: ignore[method-assign]
-    for probe in list(_probes.values()):
+    for probe in probes:
         probe.slowest = None

@@ -195,7 +195,7 @@ class Watchdog:
                 return
             self._discovery.remove()
             self._gc.remove()
-            _precise.remove()
+            _precise.remove(self._loops.probes)
             self._set_profiler(None)
             self._loops.drop_all()
             self._loops.forget_given_up()
@@ -269,9 +269,9 @@ class Watchdog:
         for probe in self._loops.probes:
             self._configure(probe, settings)
         if settings.precise:
-            _precise.install()
+            _precise.install(self._loops.by_loop)
         else:
-            _precise.remove()
+            _precise.remove(self._loops.probes)
         if not settings.deadman:
             self._deadman.stop()
 
@@ -316,7 +316,6 @@ class Watchdog:
                 # In the loop's own thread, before its first iteration: switch now,
                 # or that iteration would go untimed.
                 probe.exact_from_first_iteration()
-            _precise.track(loop, probe)
             # A first CPU reading, so that a block in the very first iteration has one.
             probe.wd = Tracking(last=Reading(time.monotonic(), probe.cpu_quick()))
             if self._settings.deadman:

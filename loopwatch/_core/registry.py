@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from loopwatch._log import log_once
@@ -33,6 +34,11 @@ class LoopRegistry:
 
     def get(self, loop: asyncio.AbstractEventLoop) -> Probe | None:
         return self._by_loop.get(loop)
+
+    @property
+    def by_loop(self) -> Mapping[Any, Probe]:
+        """Loop -> probe, one object for the registry's life (precise mode reads it)."""
+        return self._by_loop
 
     def known_loops(self) -> int:
         """How many loops have a probe here (closed ones go with their loop object)."""
@@ -86,7 +92,7 @@ class LoopRegistry:
             except Exception:
                 log_once("detach", "loopwatch could not remove its hooks from a loop")
         self.probes = []
-        self._by_loop = weakref.WeakKeyDictionary()
+        self._by_loop.clear()  # cleared, not replaced: precise mode holds it
         for clock in self._clocks.values():
             clock.close()
         self._clocks = {}
