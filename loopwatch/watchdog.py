@@ -35,7 +35,7 @@ from loopwatch._core.forking import FORK_WAIT, join_for_fork, os_thread_count, w
 from loopwatch._core.gctimer import GcTimer
 from loopwatch._core.registry import LoopRegistry
 from loopwatch._core.settings import Settings, merge
-from loopwatch._core.tracker import CUT_EVIDENCE, CUT_WINDOW, Tracking
+from loopwatch._core.tracker import Tracking
 from loopwatch._core.wakeup import Wakeup
 from loopwatch._log import log_once, logger
 from loopwatch.config import Config
@@ -520,12 +520,8 @@ class Watchdog:
                 heartbeat = heartbeat or probe.resolution == "heartbeat"
                 if self._track(probe, frames.get(probe.thread_id), now, settings, flush, late):
                     sampling = True
-                looks = probe.wd.cut_looks
-                # a loop with cuts, or one that just showed a possible cut: gather the
-                # evidence quickly, so that few of a thousand cuts go uncounted
-                cut_prone = (
-                    cut_prone or probe.wd.cuts or bool(looks and now - looks[-1] < CUT_WINDOW)
-                )
+                # so that few of a thousand cuts go uncounted
+                cut_prone = cut_prone or probe.wd.watching_cuts(now)
                 if not flush and (
                     probe.resolution == "heartbeat" or now - probe.wd.pinged >= _PING_EVERY
                 ):
@@ -566,11 +562,10 @@ class Watchdog:
         if (
             last is None
             or wd.seen_start
-            or wd.cuts
             or wd.exact_until
             or probe.failure is not None
             or now - wd.pinged >= _PING_EVERY
-            or (wd.cut_looks and now - wd.cut_looks[-1] < CUT_WINDOW)
+            or wd.watching_cuts(now)
             or not isinstance(probe, SelectorProbe)
             or not probe.selecting(frame)
         ):
@@ -630,18 +625,17 @@ class Watchdog:
         wd.last = Reading(now, cpu)
         age = now - start if start else 0.0
         self._saw_busy = self._saw_busy or bool(start)
+        # Caught at a random moment, an iteration this old is probably over the
+        # site threshold (ages are spread evenly over an iteration's length).
+        # A garbage collection is not the program's cut: it does not count.
         if (
             start
             and not flush
             and age > settings.site_threshold / 2
             and self._gc.time_in(probe.thread_id, start, now) < age / 2
+            and wd.cut_seen(now)
         ):
-            # Caught at a random moment, an iteration this old is probably over the
-            # site threshold (ages are spread evenly over an iteration's length).
-            # A garbage collection is not the program's cut: it does not count.
-            wd.cut_looks.append(now)
-            if len(wd.cut_looks) == CUT_EVIDENCE and now - wd.cut_looks[0] < CUT_WINDOW:
-                self._cut_prone(probe, wd, now)
+            self._cut_prone(probe, wd, now)
         if wd.exact_until and now > wd.exact_until and not (settings.precise or settings.profile):
             self._calm(probe, wd)
         speculate = settings.site_threshold / 2 if wd.cuts else settings.speculate
@@ -767,10 +761,10 @@ class Watchdog:
             duration > settings.site_threshold
             and self._gc.time_in(probe.thread_id, start, end) < duration / 2
         ):
-            wd.cut_looks.append(end)
+            likely = wd.cut_seen(end)
             if wd.cuts:
                 wd.exact_until = max(wd.exact_until, end + _EXACT_FOR)
-            elif len(wd.cut_looks) == CUT_EVIDENCE and end - wd.cut_looks[0] < CUT_WINDOW:
+            elif likely:
                 self._cut_prone(probe, wd, end)
         if duration <= settings.threshold:
             if duration > settings.site_threshold:

@@ -102,3 +102,12 @@ class Tracking:
     cut_looks: deque[float] = field(default_factory=lambda: deque(maxlen=CUT_EVIDENCE))
     #: the loop is timed on every iteration until then (0.0: it was not switched)
     exact_until: float = 0.0
+
+    def cut_seen(self, at: float) -> bool:
+        """Note a slow iteration seen at ``at``; True once that makes a thousand cuts likely."""
+        self.cut_looks.append(at)
+        return len(self.cut_looks) == CUT_EVIDENCE and at - self.cut_looks[0] < CUT_WINDOW
+
+    def watching_cuts(self, now: float) -> bool:
+        """The loop has cuts, or a look just showed a possible one: gather evidence quickly."""
+        return self.cuts or bool(self.cut_looks and now - self.cut_looks[-1] < CUT_WINDOW)
