@@ -31,7 +31,7 @@ from loopwatch._core import assemble
 from loopwatch._core.assemble import Clock, Observed, Reading
 from loopwatch._core.assemble import Cut as Cut  # re-exported: sessions and tests take it from here
 from loopwatch._core.deadman import Deadman
-from loopwatch._core.forking import FORK_WAIT, join_for_fork, os_thread_count, wait_for_thread_exit
+from loopwatch._core.forking import FORK_WAIT, join_for_fork
 from loopwatch._core.gctimer import GcTimer
 from loopwatch._core.registry import LoopRegistry
 from loopwatch._core.settings import Settings, merge
@@ -343,10 +343,7 @@ class Watchdog:
             # copies hold everything found up to the fork.
             self._safe_flush()
             try:
-                armed = self._deadman.armed
-                threads = os_thread_count() if armed else None
                 self._deadman.disarm()
-                wait_for_thread_exit(threads)  # faulthandler's timer thread
             except Exception:
                 log_once("fork-deadman", "loopwatch could not disarm its deadman switch to fork")
 

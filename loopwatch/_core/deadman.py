@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from loopwatch._core.forking import os_thread_count, wait_for_thread_exit
 from loopwatch._log import log_once
 from loopwatch.model import Frame
 from loopwatch.stacks import parse_faulthandler
@@ -104,16 +105,18 @@ class Deadman:
         fired_at = (armed_at or time.monotonic()) + self._timeout
         return [(fired_at, parse_faulthandler(text))]
 
-    @property
-    def armed(self) -> bool:
-        """Whether faulthandler's timer (and so its thread) may be running."""
-        return self.enabled and self._armed_at is not None
-
     def disarm(self) -> None:
-        """Cancel the timer; the next :meth:`service` arms it again."""
+        """Cancel the timer, and see its thread gone; the next :meth:`service` arms it again.
+
+        Used before a fork: cancelling returns once faulthandler's thread has
+        stopped running, but the kernel counts it until it has exited, and a fork
+        a few microseconds later would still warn about a multi-threaded process.
+        """
         if self.enabled and self._armed_at is not None:
+            threads = os_thread_count()
             self._original_cancel()
             self._armed_at = None
+            wait_for_thread_exit(threads)
 
     def forget_after_fork(self, maybe_armed: bool) -> None:
         """In a forked child: let go of the parent's file (its offset is shared with the parent).
