@@ -417,8 +417,7 @@ class SelectorProbe(Probe):
         return start
 
     def _sampled_start(self, frame: FrameType | None) -> float:
-        idle = frame is not None and frame.f_code is self._idle_code
-        end_time = None if idle else self._end_time(self._find(frame))
+        end_time = self._iteration_of(frame)
         armed = self._end_armed_for
         self.ending = bool(armed) and armed != end_time
         if self.ending:
@@ -432,14 +431,18 @@ class SelectorProbe(Probe):
             return 0.0
         return end_time - self._clock_resolution
 
-    def _end_time(self, run_once: FrameType | None) -> float | None:
-        """When the iteration ``run_once`` runs began: _run_once's local ``end_time``.
+    def _iteration_of(self, frame: FrameType | None) -> float | None:
+        """When the iteration the loop thread (innermost ``frame``) is in began, or None.
 
-        asyncio sets it right after select returns. None for another loop's
-        iteration on this thread (pytest-asyncio keeps a stopped module-scoped
-        loop beside the running one). Read at each look and not cached with the
-        frame: holding the frame would hold its locals.
+        That is _run_once's local ``end_time``, which asyncio sets right after
+        select returns. None while selecting, outside an iteration, or in another
+        loop's iteration on this thread (pytest-asyncio keeps a stopped
+        module-scoped loop beside the running one). Read at each look and not
+        cached with the frame: holding the frame would hold its locals.
         """
+        if frame is None or frame.f_code is self._idle_code:
+            return None
+        run_once = self._find(frame)
         if run_once is None:
             return None
         local = run_once.f_locals
@@ -494,10 +497,7 @@ class SelectorProbe(Probe):
 
     def _inside(self, iteration: float) -> bool:
         """Whether the loop thread is still in the iteration whose ``end_time`` is given."""
-        frame = sys._current_frames().get(self.thread_id)
-        if frame is None or frame.f_code is self._idle_code:
-            return False
-        return self._end_time(self._find(frame)) == iteration
+        return self._iteration_of(sys._current_frames().get(self.thread_id)) == iteration
 
     def run_ended(self) -> None:
         now = time.monotonic()

@@ -317,7 +317,7 @@ class Watchdog:
                 # or that iteration would go untimed.
                 probe.exact_from_first_iteration()
             # A first CPU reading, so that a block in the very first iteration has one.
-            probe.wd = Tracking(last=Reading(time.monotonic(), probe.cpu_quick()))
+            probe.wd.last = Reading(time.monotonic(), probe.cpu_quick())
             if self._settings.deadman:
                 # Armed now, not at the next tick: the loop's first callback may
                 # already be a C call that keeps the watchdog out.
