@@ -46,6 +46,7 @@ from typing import Any
 
 import loopwatch
 from loopwatch import Block
+from loopwatch._core.findings import Found
 from loopwatch.model import Frame, Stack, classify
 from loopwatch.watchdog import WATCHDOG, Cut
 
@@ -292,7 +293,7 @@ def main() -> int:
             for k in range(fed):
                 number = done_blocks + k
                 new_site += number % 2
-                session.receive_block(fed_block(number, new_site))
+                session.receive_block(Found(fed_block(number, new_site), 0.0, 0.1))
                 session.receive_cut(fed_cut(number, new_site))
             done_blocks += real + short + fed
             done_iterations += its

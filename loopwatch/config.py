@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -103,23 +103,18 @@ class Config:
                 f"unknown loopwatch option {unknown[0]!r}; "
                 f"known options: {', '.join(sorted(names))}"
             )
+        chosen = by_precedence(names, [
+            (kwargs, lambda name: "argument"),
+            (_env_values(env, names), lambda name: f"environment variable {_env_name(name)}"),
+            (ini or {}, lambda name: f"ini option loopwatch_{name}"),
+        ])
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
-        for source, mapping in (("ini", ini or {}), ("environment", _env_values(env, names))):
-            for name, raw in mapping.items():
-                if name not in names:
-                    continue
-                label = (
-                    f"environment variable {ENV_PREFIX}{name.upper()}"
-                    if source == "environment"
-                    else f"ini option loopwatch_{name}"
-                )
-                values[name] = _parse(name, raw, label)
-                sources[name] = label
-        for name, value in kwargs.items():
-            if value is not None:
-                values[name] = value
-                sources[name] = "argument"
+        for name, (raw, source) in chosen.items():
+            # Arguments are Python values, checked by the Config itself; text from
+            # the environment or an ini file is parsed first.
+            values[name] = raw if source == "argument" else _parse(name, raw, source)
+            sources[name] = source
         try:
             return cls(**values)
         except ConfigError as error:
@@ -131,6 +126,35 @@ class Config:
     def with_changes(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+
+#: Where one layer of settings comes from: its values by setting name, and how to
+#: name its source in an error message ("environment variable LOOPWATCH_MODE").
+Layer = tuple[Mapping[str, Any], Callable[[str], str]]
+
+
+def by_precedence(names: Iterable[str], layers: Sequence[Layer]) -> dict[str, tuple[Any, str]]:
+    """For each setting, the raw value of the first layer that sets it, and its source.
+
+    Layers come highest precedence first; ``None`` and ``""`` mean "not set
+    here". Used by :meth:`Config.resolve` and the pytest plugin alike, so that
+    both apply precedence (and name sources) the same way.
+
+    >>> by_precedence(["mode"], [({"mode": None}, str.upper), ({"mode": "log"}, str.title)])
+    {'mode': ('log', 'Mode')}
+    """
+    chosen: dict[str, tuple[Any, str]] = {}
+    for name in names:
+        for values, source in layers:
+            raw = values.get(name)
+            if raw is not None and raw != "":
+                chosen[name] = (raw, source(name))
+                break
+    return chosen
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
 
 
 def _env_values(env: Mapping[str, str] | None, names: set[str]) -> dict[str, str]:

@@ -71,7 +71,7 @@ def render_summary(report: Report, limit: int = 20) -> str:
     else:
         lines = [
             f"loopwatch: {count} block(s) over {threshold}, "
-            f"{_ms(sum(b.duration for b in report.blocks))} blocked in total"
+            f"{_ms(report.total_blocked)} blocked in total"
         ]
         lines += ["  " + block_line(b) for b in report.worst(limit)]
         if count > limit:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from loopwatch._core.dispatch import DISPATCHER
 from loopwatch._core.dispatch import MAX_PENDING as DISPATCHER_LIMIT
-from loopwatch._log import block_logger, forget_owner, log_once
+from loopwatch._core.findings import Found, Listener
+from loopwatch._log import block_logger, forget_owner
 from loopwatch.config import Config
 from loopwatch.errors import LoopBlockedError
 from loopwatch.model import Block, FunctionStat, LoopStats, Report, SiteTable
@@ -35,20 +36,6 @@ _MAX_LOOPS = 256
 #: Every session not yet garbage: their locks are replaced in a forked child.
 _SESSIONS: weakref.WeakSet[Session] = weakref.WeakSet()
 
-#: What each sink (by id) was last given: a sink shared by nested sessions gets a
-#: finding once, not once per session. Filled by the watchdog thread (findings reach
-#: the sessions one after another); a stopping session drops its sinks' entries.
-_last_given: dict[int, object] = {}
-
-
-def _first_time(sink: Sink, finding: object) -> bool:
-    key = id(sink)
-    if _last_given.get(key) is finding:
-        return False
-    _last_given[key] = finding
-    return True
-
-
 #: Distinct events kept per session (each may name a loop: a suite makes thousands).
 _MAX_EVENTS = 100
 
@@ -60,15 +47,20 @@ class Session:
     """
 
     def __init__(
-        self, config: Config, *, inline_on_block: bool = False, log_blocks: bool = True
+        self, config: Config, *, listener: Listener | None = None, log_blocks: bool = True
     ) -> None:
         self.config = config
-        # Internal users whose on_block is a quick append (the pytest plugin) need it
-        # called before the watchdog moves on, not later in the sinks thread.
-        self._inline_on_block = inline_on_block
-        # The pytest plugin reports blocks itself: a log record too would land in
-        # whichever test phase is running when the sinks thread gets to it.
+        # Everything that hears of this session's blocks, in order. An internal
+        # listener (the pytest plugin's quick append) is called before the watchdog
+        # moves on; logging, on_block and sinks may be slow, so they run in the
+        # sinks thread. The plugin reports blocks itself (log_blocks=False): a log
+        # record would land in whichever test phase runs when the sinks thread
+        # gets to it.
         self._log_blocks = log_blocks
+        self._listeners: list[Listener] = [] if listener is None else [listener]
+        if log_blocks or config.on_block is not None:
+            self._listeners.append(self._announce_later)
+        self._listeners += [self._to_sink(sink) for sink in config.sinks]
         self.started = 0.0
         self.stopped: float | None = None
         self._lock = threading.Lock()
@@ -116,7 +108,7 @@ class Session:
             self.stopped = time.monotonic()
             for sink in self.config.sinks:
                 self._deliver(f"sink {type(sink).__name__}.close", sink.close)
-                _last_given.pop(id(sink), None)
+                DISPATCHER.forget(sink)
             # Leaving watch() means its callbacks have run (a hung one is waited for
             # only so long: the program must not hang on loopwatch's account).
             DISPATCHER.release(wait=DISPATCHER.drain(self))
@@ -205,34 +197,21 @@ class Session:
 
     # -- called by the watchdog -----------------------------------------------
 
-    def receive_block(self, block: Block) -> None:
+    def receive_block(self, found: Found) -> None:
+        block = found.block
         with self._lock:
             if len(self._blocks) == self._blocks.maxlen:
                 self._dropped += 1
             self._blocks.append(block)
             self._sites.add_block(block)
-        on_block = self.config.on_block
-        if on_block is not None and self._inline_on_block:
-            try:
-                on_block(block)
-            except Exception:
-                log_once(f"on_block {id(self)}", "loopwatch on_block callback raised")
-            on_block = None
-        # Logging handlers, callbacks and sinks may be slow: not in the watchdog's thread.
-        if self._log_blocks or on_block is not None:
-            self._deliver("on_block callback", self._announce, block, on_block, self._log_blocks)
-        for sink in self.config.sinks:
-            if not _first_time(sink, block):
-                continue
-            self._deliver(f"sink {type(sink).__name__}.block", sink.block, block)
-            self._deliver(
-                f"sink {type(sink).__name__}.slow_iteration",
-                sink.slow_iteration, block.loop, block.duration, block.site, True,
-            )
+        for listener in self._listeners:
+            listener(found)
 
-    @staticmethod
-    def _announce(block: Block, on_block: Callable[[Block], Any] | None, log: bool) -> None:
-        if log:
+    def _announce_later(self, found: Found) -> None:
+        self._deliver("on_block callback", self._announce, found.block)
+
+    def _announce(self, block: Block) -> None:
+        if self._log_blocks:
             block_logger.warning(
                 "event loop blocked for %.0f ms (%s) at %s in %s%s",
                 block.duration * 1000,
@@ -241,8 +220,23 @@ class Session:
                 block.function or "?",
                 f", task {block.task}" if block.task else "",
             )
-        if on_block is not None:
-            on_block(block)
+        if self.config.on_block is not None:
+            self.config.on_block(block)
+
+    def _to_sink(self, sink: Sink) -> Listener:
+        name = type(sink).__name__
+
+        def to_sink(found: Found) -> None:
+            block = found.block
+            if not DISPATCHER.first_time(sink, block):
+                return  # a sink shared by nested sessions hears of a block once
+            self._deliver(f"sink {name}.block", sink.block, block)
+            self._deliver(
+                f"sink {name}.slow_iteration",
+                sink.slow_iteration, block.loop, block.duration, block.site, True,
+            )
+
+        return to_sink
 
     def _deliver(self, what: str, call: Callable[..., Any], *args: Any) -> None:
         if not DISPATCHER.submit(self, what, call, *args):
@@ -257,7 +251,7 @@ class Session:
             self._sites.add(cut.site or UNSAMPLED, cut.function, cut.duration, cut.cpu_ratio,
                             None, cut.gc_time, block=False)
         for sink in self.config.sinks:
-            if not _first_time(sink, cut):
+            if not DISPATCHER.first_time(sink, cut):
                 continue
             self._deliver(
                 f"sink {type(sink).__name__}.slow_iteration",

@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from types import FrameType
 from typing import Any, Protocol
 
@@ -31,6 +30,7 @@ from loopwatch._core import assemble
 from loopwatch._core.assemble import Clock, Observed, Reading
 from loopwatch._core.assemble import Cut as Cut  # re-exported: sessions and tests take it from here
 from loopwatch._core.deadman import Deadman
+from loopwatch._core.findings import Found, Listener
 from loopwatch._core.forking import FORK_WAIT, join_for_fork
 from loopwatch._core.gctimer import GcTimer
 from loopwatch._core.registry import LoopRegistry
@@ -40,7 +40,6 @@ from loopwatch._core.wakeup import Wakeup
 from loopwatch._log import log_once, logger
 from loopwatch.config import Config
 from loopwatch.model import (
-    Block,
     Frame,
     FunctionStat,
     LoopStats,
@@ -65,7 +64,7 @@ class Subscriber(Protocol):
     config: Config
     started: float
 
-    def receive_block(self, block: Block) -> None: ...
+    def receive_block(self, found: Found) -> None: ...
 
     def receive_loop(self, stats: LoopStats) -> None: ...
 
@@ -148,7 +147,7 @@ class Watchdog:
         self._block_ids = itertools.count(1)
         self._settings: Settings | None = None
         self._user_code = UserCode()
-        self.listeners: list[Callable[[Block], None]] = []
+        self.listeners: list[Listener] = []
         self._last_scan = 0.0
         self._gc = GcTimer()
         self._profiler: Any = None
@@ -794,7 +793,7 @@ class Watchdog:
             user_code=self._user_code,
             wall_offset=WALL_OFFSET,
         )
-        self._dispatch(block, end)
+        self._dispatch(Found(block, start, end))
 
     def _functions(self, tag: int) -> tuple[FunctionStat, ...]:
         profiler = self._profiler
@@ -834,16 +833,17 @@ class Watchdog:
                 except Exception:
                     log_once("sink-cut", "a loopwatch session failed to record a slow iteration")
 
-    def _dispatch(self, block: Block, end: float) -> None:
+    def _dispatch(self, found: Found) -> None:
+        duration = found.block.duration
         for subscriber in list(self._subscribers):
-            if block.duration > subscriber.config.threshold and end > subscriber.started:
+            if duration > subscriber.config.threshold and found.end > subscriber.started:
                 try:
-                    subscriber.receive_block(block)
+                    subscriber.receive_block(found)
                 except Exception:
                     log_once("sink", "a loopwatch session failed to record a block")
         for listener in list(self.listeners):
             try:
-                listener(block)
+                listener(found)
             except Exception:
                 log_once(f"listener-{id(listener)}", "a loopwatch block listener failed")
 
@@ -917,14 +917,14 @@ if hasattr(os, "register_at_fork"):  # POSIX
     )
 
 
-def add_block_listener(listener: Callable[[Block], None]) -> None:
-    """Call ``listener(block)`` (from the watchdog thread) for every block found."""
+def add_block_listener(listener: Listener) -> None:
+    """Call ``listener(found)`` (from the watchdog thread) for every block found."""
     with WATCHDOG._lock:
         if listener not in WATCHDOG.listeners:
             WATCHDOG.listeners.append(listener)
 
 
-def remove_block_listener(listener: Callable[[Block], None]) -> None:
+def remove_block_listener(listener: Listener) -> None:
     with WATCHDOG._lock:
         if listener in WATCHDOG.listeners:
             WATCHDOG.listeners.remove(listener)

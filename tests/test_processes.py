@@ -43,6 +43,7 @@ import loopwatch
 from loopwatch import Block, Config, Report
 from loopwatch import watchdog as watchdog_module
 from loopwatch._core import dispatch as dispatch_module
+from loopwatch._core.findings import Found
 from loopwatch.watchdog import WATCHDOG
 
 HERE = os.path.abspath(__file__)
@@ -255,8 +256,8 @@ class Subscriber:
         self._hold = hold
         self._pid = os.getpid()
 
-    def receive_block(self, block: Block) -> None:
-        self.blocks.append(block)
+    def receive_block(self, found: Found) -> None:
+        self.blocks.append(found.block)
         if os.getpid() == self._pid:  # the child's copy must not wait on the parent's test
             self.inside.set()
             self._hold()

@@ -49,6 +49,24 @@ class Dispatcher:
         #: set in the before-fork hook: the thread ends as soon as its queue is empty
         self._forking = False
         self.dropped = 0
+        #: what each sink (by id) was last given: filled by the watchdog thread only
+        #: (findings reach the sessions one after another)
+        self._last_given: dict[int, object] = {}
+
+    def first_time(self, sink: object, finding: object) -> bool:
+        """Whether ``finding`` is new to ``sink``: the one place findings are deduplicated.
+
+        Nested sessions sharing a sink each hear of a finding; the sink gets it once.
+        """
+        key = id(sink)
+        if self._last_given.get(key) is finding:
+            return False
+        self._last_given[key] = finding
+        return True
+
+    def forget(self, sink: object) -> None:
+        """A session using ``sink`` stopped (a later object may get its id)."""
+        self._last_given.pop(id(sink), None)
 
     def acquire(self) -> None:
         """A session starts using the dispatcher (the thread starts on first delivery)."""

@@ -35,11 +35,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from loopwatch._log import log_once, logger
 from loopwatch.model import Block, Frame
 from loopwatch.offload._refs import display_name, why_not_sendable
+
+if TYPE_CHECKING:
+    from loopwatch._core.findings import Found
 
 #: cpu_ratio at or above which a blocking function goes to a process, not a thread.
 PROCESS_RATIO = 0.5
@@ -225,16 +228,17 @@ def _register(policy: Policy) -> None:
             _listening = True
 
 
-def _on_block(block: Block) -> None:
+def _on_block(found: Found) -> None:
     """Called by the watchdog thread for every block: cheap when it is not ours."""
     if not _by_code:
         return
-    found = _innermost_policy(block.frames)
-    if found is not None:
-        found[0].consider(block, found[1], most_sampled=True)
+    block = found.block
+    ours = _innermost_policy(block.frames)
+    if ours is not None:
+        ours[0].consider(block, ours[1], most_sampled=True)
     for stack in block.stacks:
         other = _innermost_policy(stack.frames)
-        if other is not None and (found is None or other[0] is not found[0]):
+        if other is not None and (ours is None or other[0] is not ours[0]):
             other[0].consider(block, other[1], most_sampled=False)
 
 

@@ -1,0 +1,171 @@
+"""The plugin's settings: resolved once per run, and the marker's per test."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import pytest
+
+from loopwatch.config import ConfigError, by_precedence, parse_bool, parse_seconds
+
+if TYPE_CHECKING:
+    from loopwatch.config import Config
+
+PytestMode = Literal["fail", "warn", "report"]
+MODES: tuple[str, ...] = get_args(PytestMode)
+DEFAULT_THRESHOLD = 0.1
+
+
+class SettingsError(ConfigError):
+    """Raised when a loopwatch pytest setting has a value it cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The plugin's settings for one run, resolved once (see :func:`resolve_settings`)."""
+
+    enabled: bool = False
+    threshold: float = DEFAULT_THRESHOLD
+    mode: PytestMode = "fail"
+    json_path: str | None = None
+    sources: tuple[tuple[str, str], ...] = ()
+    """(setting, where its value came from), for the report header."""
+
+    def source(self, name: str) -> str:
+        return dict(self.sources).get(name, "default")
+
+
+#: name -> (command line option, environment variable, ini key)
+NAMES: dict[str, tuple[str, str, str]] = {
+    "enabled": ("--loopwatch", "LOOPWATCH_PYTEST", "loopwatch"),
+    # The same variable as the core's threshold: it means the same thing everywhere.
+    "threshold": ("--loopwatch-threshold", "LOOPWATCH_THRESHOLD", "loopwatch_threshold"),
+    # Not LOOPWATCH_MODE: the core's mode (report|log|raise) is a different setting.
+    "mode": ("--loopwatch-mode", "LOOPWATCH_PYTEST_MODE", "loopwatch_mode"),
+    "json_path": ("--loopwatch-json", "LOOPWATCH_PYTEST_JSON", "loopwatch_json"),
+}
+
+
+def parse_threshold(raw: Any, source: str) -> float:
+    return parse_seconds(raw, "threshold", source, SettingsError)
+
+
+def _parse(name: str, raw: Any, source: str) -> Any:
+    if name == "enabled":
+        return parse_bool(raw, "enabled", source, SettingsError)
+    if name == "threshold":
+        return parse_threshold(raw, source)
+    if name == "mode":
+        mode = str(raw).strip().lower()
+        if mode not in MODES:
+            raise SettingsError("mode", raw, source, f"expected one of {', '.join(MODES)}")
+        return mode
+    path = str(raw).strip()
+    return path or None
+
+
+def resolve_settings(
+    *,
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    ini: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Resolve the settings by precedence: command line > environment > ini > default.
+
+    ``cli`` and ``ini`` are keyed by setting name (``enabled``, ``threshold``,
+    ``mode``, ``json_path``); ``None`` or ``""`` means not set. ``env`` is the
+    process environment. Raises :class:`~loopwatch.config.ConfigError` naming
+    the setting, the value and where it came from.
+
+    >>> resolve_settings(cli={"threshold": "0.2"}, env={"LOOPWATCH_THRESHOLD": "0.3"}).threshold
+    0.2
+    """
+    env = os.environ if env is None else env
+    by_name = {name: env.get(variable) for name, (_, variable, _) in NAMES.items()}
+    chosen = by_precedence(NAMES, [
+        (cli or {}, lambda name: f"command line option {NAMES[name][0]}"),
+        (by_name, lambda name: f"environment variable {NAMES[name][1]}"),
+        (ini or {}, lambda name: f"ini option {NAMES[name][2]}"),
+    ])
+    values = {name: _parse(name, raw, source) for name, (raw, source) in chosen.items()}
+    sources = tuple((name, source) for name, (_, source) in chosen.items())
+    return Settings(**values, sources=sources)
+
+
+def threshold_option(text: str) -> float:
+    """argparse type for --loopwatch-threshold: a bad value is a usage error naming the option."""
+    import argparse
+
+    try:
+        return parse_threshold(text, "--loopwatch-threshold")
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected a number of seconds > 0, e.g. 0.1"
+        )
+
+
+# -- the marker ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestRules:
+    """One test's threshold and whether its blocks are allowed (from its marker)."""
+
+    __test__ = False  # not a test class, whatever its name
+
+    threshold: float
+    allow: bool
+
+
+def _marker_signature(threshold: float | None = None, allow: bool = False) -> None:
+    """The marker's signature: @pytest.mark.loopwatch(threshold=None, allow=False)."""
+
+
+def rules_for(item: pytest.Item, default: float) -> TestRules:
+    """The marker's settings for this test; raises SettingsError for a bad marker."""
+    marker = item.get_closest_marker("loopwatch")
+    if marker is None:
+        return TestRules(default, False)
+    source = f"@pytest.mark.loopwatch on {item.nodeid}"
+    try:
+        bound = inspect.signature(_marker_signature).bind(*marker.args, **marker.kwargs)
+    except TypeError as error:
+        raise SettingsError(
+            "marker", f"{marker.args or ''}{marker.kwargs or ''}", source,
+            f"{error}; expected loopwatch(threshold=None, allow=False)",
+        )
+    threshold = bound.arguments.get("threshold")
+    allow = bound.arguments.get("allow", False)
+    if not isinstance(allow, bool):
+        raise SettingsError("allow", allow, source, "expected True or False")
+    if threshold is None:
+        return TestRules(default, allow)
+    if isinstance(threshold, str):
+        raise SettingsError("threshold", threshold, source, "expected a number of seconds > 0")
+    return TestRules(parse_threshold(threshold, source), allow)
+
+
+def core_config(threshold: float, *, max_blocks: int = 1) -> Config:
+    """The core Config for a plugin session; other LOOPWATCH_* core settings still apply.
+
+    The plugin hears of each block through its session's listener and keeps
+    what it needs itself: by default the session keeps one block, not a copy of all.
+    """
+    from loopwatch.config import Config
+
+    # Keys the plugin decides itself, or that mean something else for the core.
+    skip = {"LOOPWATCH_THRESHOLD", "LOOPWATCH_MODE", "LOOPWATCH_ON_BLOCK", "LOOPWATCH_MAX_BLOCKS"}
+    env = {k: v for k, v in os.environ.items() if k.startswith("LOOPWATCH_") and k not in skip}
+    options: dict[str, Any] = {}
+    if "LOOPWATCH_SAMPLE_INTERVAL" not in env:
+        options["sample_interval"] = min(0.002, threshold / 4)
+    try:
+        return Config.resolve(
+            env=env, threshold=threshold, mode="report", max_blocks=max_blocks, **options
+        )
+    except ConfigError as error:
+        raise pytest.UsageError(str(error))
