@@ -16,34 +16,29 @@ it in time, and the dump is parsed into the block.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import sys
 import threading
 import time
-from collections import Counter
 from types import FrameType
-from typing import Any, Protocol
+from typing import Protocol
 
 from loopwatch import _precise
-from loopwatch._core import assemble
-from loopwatch._core.assemble import Clock, Observed, Reading
 from loopwatch._core.assemble import Cut as Cut  # re-exported: sessions and tests take it from here
+from loopwatch._core.assemble import Reading
 from loopwatch._core.deadman import Deadman
 from loopwatch._core.findings import Found, Listener
 from loopwatch._core.forking import FORK_WAIT, join_for_fork
 from loopwatch._core.gctimer import GcTimer
+from loopwatch._core.looker import LATE, PING_EVERY, Looker
+from loopwatch._core.looker import WALL_OFFSET as WALL_OFFSET  # re-exported: tests read it here
 from loopwatch._core.registry import LoopRegistry
 from loopwatch._core.settings import Settings, merge
-from loopwatch._core.tracker import Tracking
 from loopwatch._core.wakeup import Wakeup
-from loopwatch._log import log_once, logger
+from loopwatch._log import log_once
 from loopwatch.config import Config
 from loopwatch.model import (
-    Frame,
-    FunctionStat,
     LoopStats,
-    percentile,
 )
 from loopwatch.probe import (
     Discovery,
@@ -52,10 +47,7 @@ from loopwatch.probe import (
     ThreadClock,
     running_loops,
 )
-from loopwatch.stacks import RawStack, UserCode, capture, to_frames
-
-WALL_OFFSET = time.time() - time.monotonic()
-"""Add to a time.monotonic() reading (the loop's clock) to get wall-clock time."""
+from loopwatch.stacks import UserCode
 
 
 class Subscriber(Protocol):
@@ -77,44 +69,11 @@ class Subscriber(Protocol):
 _SCAN_EVERY = 1.0
 
 
-def _frames_of(samples: Counter[RawStack]) -> Counter[tuple[Frame, ...]]:
-    """Sampled raw stacks as frames (raw stacks that differ only in loopwatch's frames merge)."""
-    stacks: Counter[tuple[Frame, ...]] = Counter()
-    for raw, count in samples.items():
-        stacks[to_frames(raw)] += count
-    return stacks
-
-
-def _running_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
-    """The task that ``loop`` is running right now, asked from another thread.
-
-    ``current_task(loop)`` answers for a loop running in any thread: up to 3.13
-    from the loop -> task table; from 3.14, where each thread keeps its running
-    task in its own thread state, by looking through the threads for the one
-    running ``loop``. (asyncio's private ``_current_tasks`` table is gone in 3.14.)
-    """
-    try:
-        return asyncio.current_task(loop)
-    except Exception:
-        return None
-
-
-#: A wake-up later than this waited for the GIL (the switch interval is 5 ms; a
-#: thread that releases the GIL lets the watchdog in at once).
-_LATE = 0.001
-
 #: Frames taken on waking are used if the watchdog's lock was had within this many seconds.
 _FRESH = 0.002
 
 #: How long one late wake-up (another thread held the GIL) keeps the closer pace.
 _CONTENDED_FOR = 2.0
-
-#: Seconds between lag pings to a loop (a heartbeat loop is pinged every tick).
-_PING_EVERY = 0.5
-
-#: A loop switched to per-iteration timing goes back after this long without cuts.
-_EXACT_FOR = 30.0
-
 
 #: How long os.fork() waits for the watchdog to finish what it is doing; past that the
 #: fork goes ahead and the child starts afresh.
@@ -138,19 +97,15 @@ class Watchdog:
         self._resume_after_fork = False
         #: threads told to end for a fork that had not ended when it went ahead
         self._ending: list[threading.Thread] = []
-        #: whether the last look found a loop inside an iteration
-        self._saw_busy = False
         #: until then the watchdog looks at the closer pace: it recently woke late
         self._contended_until = 0.0
         self._discovery = Discovery(self._on_loop, self._on_run_end)
         self._deadman = Deadman(self._broadcast_event)
-        self._block_ids = itertools.count(1)
         self._settings: Settings | None = None
-        self._user_code = UserCode()
         self.listeners: list[Listener] = []
         self._last_scan = 0.0
         self._gc = GcTimer()
-        self._profiler: Any = None
+        self._looker = Looker(self._gc, self._dispatch, self._dispatch_cut)
         #: whether the thread that is forking holds the lock, by thread id
         self._fork_held: dict[int, bool] = {}
 
@@ -177,7 +132,7 @@ class Watchdog:
         with self._lock:
             self._safe_flush()
             for probe in self._loops.probes:
-                subscriber.receive_loop(self._loop_stats(probe))
+                subscriber.receive_loop(self._looker.loop_stats(probe))
             self._subscribers.remove(subscriber)
             if self._subscribers:
                 self._apply_settings()
@@ -220,7 +175,7 @@ class Watchdog:
         loop must not keep the watchdog from its work. The numbers are read field
         by field, so one may be a look newer than another; that is all.
         """
-        return [self._loop_stats(probe) for probe in list(self._loops.probes)]
+        return [self._looker.loop_stats(probe) for probe in list(self._loops.probes)]
 
     def attach_running_loops(self) -> None:
         """Watch, right away, the loop running in this thread and asyncio loops in other threads."""
@@ -262,7 +217,7 @@ class Watchdog:
             self._settings.include,
             self._settings.exclude,
         ):
-            self._user_code = UserCode(settings.include, settings.exclude)
+            self._looker.user_code = UserCode(settings.include, settings.exclude)
         self._settings = settings
         self._set_profiler(settings)
         for probe in self._loops.probes:
@@ -277,27 +232,27 @@ class Watchdog:
     def _set_profiler(self, settings: Settings | None) -> None:
         """Start yappi when a session asks for profile mode, stop it when none does."""
         wanted = settings is not None and settings.profile
-        if wanted and self._profiler is None:
+        if wanted and self._looker.profiler is None:
             from loopwatch.profiler import Profiler  # yappi only when asked for
 
             assert settings is not None
-            self._profiler = Profiler(
+            self._looker.profiler = Profiler(
                 duty=settings.profile_duty, keep_over=settings.threshold / 2
             )
-            self._profiler.start()
-            if self._profiler.problem:
-                self._broadcast_event(self._profiler.problem)
-        elif not wanted and self._profiler is not None:
-            self._profiler.stop()
-            self._profiler = None
+            self._looker.profiler.start()
+            if self._looker.profiler.problem:
+                self._broadcast_event(self._looker.profiler.problem)
+        elif not wanted and self._looker.profiler is not None:
+            self._looker.profiler.stop()
+            self._looker.profiler = None
             for probe in self._loops.probes:
                 probe.profiler = None
 
     def _configure(self, probe: Probe, settings: Settings) -> None:
         # Below the block threshold, iterations still count towards per-site totals.
         probe.slow_threshold = settings.site_threshold
-        running = self._profiler is not None and self._profiler.running
-        probe.profiler = self._profiler if running else None
+        running = self._looker.profiler is not None and self._looker.profiler.running
+        probe.profiler = self._looker.profiler if running else None
         if (settings.precise or running) and isinstance(probe, SelectorProbe) and not probe.exact:
             probe.go_exact()  # both need to know where each iteration begins
 
@@ -352,7 +307,7 @@ class Watchdog:
         True if it is to be started again after. Its state lives in this object,
         so the new thread carries on watching, a block in progress included.
         """
-        profiler = self._profiler
+        profiler = self._looker.profiler
         if profiler is not None:
             profiler.stop_for_fork()
         thread = self._thread
@@ -379,14 +334,14 @@ class Watchdog:
                 for fired_at, stacks in self._deadman.service(
                     time.monotonic(), settings.deadman_timeout
                 ):
-                    self._attach_dump(fired_at, stacks, settings)
+                    Looker.attach_dump(self._loops.probes, fired_at, stacks, settings)
         except Exception:
             log_once("fork-parent", "loopwatch could not re-arm its deadman switch after a fork")
         finally:
             self._lock.release()
 
     def _resume_profiler_after_fork(self) -> None:
-        profiler = self._profiler
+        profiler = self._looker.profiler
         if profiler is not None:
             try:
                 profiler.resume_after_fork()
@@ -465,7 +420,7 @@ class Watchdog:
             # much of a late wake was the machine's doing, not a GIL held by a loop
             # thread. That matters for a block in progress; reading /proc costs a
             # sleeping thread's cold caches tens of microseconds, so only then.
-            before = own.quick() if self._saw_busy else None
+            before = own.quick() if self._looker.saw_busy else None
             asleep = time.monotonic()
             woken = self._wake.wait(interval)
             # First thing on waking: where each thread is. After a C call that held
@@ -477,7 +432,7 @@ class Watchdog:
             # Waking late means another thread held the GIL (or the machine is
             # overloaded): that is how a block is known to hold the GIL.
             late = 0.0 if woken else max(0.0, time.monotonic() - asleep - interval)
-            if late > _LATE and before is not None and before[1] is not None:
+            if late > LATE and before is not None and before[1] is not None:
                 after = own.quick()
                 if after is not None and after[1] is not None:
                     late = max(0.0, late - (after[1] - before[1]))
@@ -496,15 +451,16 @@ class Watchdog:
         if not flush and now - self._last_scan > _SCAN_EVERY:
             self._scan()
         if late > settings.threshold and not flush:
-            self._stalled(late)
+            for message in self._looker.stalled(self._loops.probes, late):
+                self._broadcast_event(message)
         if frames is None:
             frames = sys._current_frames()
         sampling = False
         cut_prone = False
         heartbeat = False
-        self._saw_busy = False
+        self._looker.saw_busy = False
         for probe in list(self._loops.probes):
-            if not flush and self._idle_look(probe, frames.get(probe.thread_id), now):
+            if not flush and self._looker.idle_look(probe, frames.get(probe.thread_id), now):
                 continue
             if probe.failure is not None:
                 self._give_up(probe, probe.failure)
@@ -514,12 +470,13 @@ class Watchdog:
                     self._retire(probe, now)
                     continue
                 heartbeat = heartbeat or probe.resolution == "heartbeat"
-                if self._track(probe, frames.get(probe.thread_id), now, settings, flush, late):
+                frame = frames.get(probe.thread_id)
+                if self._looker.track(probe, frame, now, settings, flush, late):
                     sampling = True
                 # so that few of a thousand cuts go uncounted
                 cut_prone = cut_prone or probe.wd.watching_cuts(now)
                 if not flush and (
-                    probe.resolution == "heartbeat" or now - probe.wd.pinged >= _PING_EVERY
+                    probe.resolution == "heartbeat" or now - probe.wd.pinged >= PING_EVERY
                 ):
                     # Lag pings are few: each wakes the loop, and sending one lets go of the GIL.
                     probe.wd.pinged = now
@@ -530,7 +487,7 @@ class Watchdog:
         if settings.deadman and self._loops.probes and not flush:
             self._deadman.start()
             for fired_at, stacks in self._deadman.service(now, settings.deadman_timeout):
-                self._attach_dump(fired_at, stacks, settings)
+                Looker.attach_dump(self._loops.probes, fired_at, stacks, settings)
         if sampling:
             return settings.sample_interval
         if cut_prone:
@@ -546,285 +503,7 @@ class Watchdog:
         # while it does, it looks at the closer pace (a quiet process pays nothing).
         return settings.tick if now >= self._contended_until else settings.contended_tick
 
-    def _idle_look(self, probe: Probe, frame: FrameType | None, now: float) -> bool:
-        """The most common look, kept lean: the loop waits in select and nothing is due.
-
-        What the full look would do then: count the time since the last look as
-        idle, and take a CPU reading as the reference for a block that starts
-        next. True if that was all there was to do.
-        """
-        wd = probe.wd
-        last = wd.last
-        if (
-            last is None
-            or wd.seen_start
-            or wd.exact_until
-            or probe.failure is not None
-            or now - wd.pinged >= _PING_EVERY
-            or wd.watching_cuts(now)
-            or not isinstance(probe, SelectorProbe)
-            or not probe.selecting(frame)
-        ):
-            return False
-        wd.share.account(now, now - last.at, False)
-        wd.last = Reading(now, probe.cpu_only())
-        return True
-
-    def _track(
-        self,
-        probe: Probe,
-        frame: FrameType | None,
-        now: float,
-        settings: Settings,
-        flush: bool,
-        late: float = 0.0,
-    ) -> bool:
-        """Sample the probe's loop if it is blocking; finish blocks that ended."""
-        wd = probe.wd
-        if flush and probe.alive():
-            # A report is wanted now (from any thread): finish the iterations that
-            # have ended, and leave the one in progress to the next real look; a
-            # look without the loop thread's frame would take it for over.
-            self._finish_ended(probe, settings)
-            return False
-        # Look at the loop before draining ended iterations: the loop thread
-        # records an iteration's end before it starts the next one.
-        start = probe.busy_since(None if flush else frame, now, settings.heartbeat)
-        if start == wd.done:
-            start = 0.0  # a stale look at an iteration already finished
-        self._finish_ended(probe, settings)
-        # An idle look's reading is the reference for a block that starts after
-        # it: CPU time is enough there (run-queue time is read from the block's
-        # first look on); the cheapest reading keeps a quiet watchdog cheap.
-        cpu = probe.cpu_quick() if start or wd.seen_start else probe.cpu_only()
-        if start != wd.seen_start:
-            if wd.seen_start and wd.samples:
-                # It ended but its end was not stamped (the loop stopped in a
-                # way we could not see): its length is known to within a tick.
-                self._finish(probe, wd.seen_start, now, cpu, settings, resolution="tick")
-            wd.before = wd.last
-            wd.seen_start = start
-            wd.samples = Counter()
-            wd.task = wd.coroutine = None
-            wd.queued_from = None
-            wd.wakes = 1 if start else 0
-            wd.late_wakes = 1 if start and late > _LATE else 0
-            # of the wait before this look, only what overlaps the iteration counts
-            wd.late_time = min(late, now - start) if start else 0.0
-            wd.watch_from = now - wd.late_time
-        elif start:
-            wd.wakes += 1
-            wd.late_wakes += late > _LATE
-            wd.late_time += late
-        if not flush and wd.last is not None:
-            wd.share.account(now, now - wd.last.at, bool(start))
-        wd.last = Reading(now, cpu)
-        age = now - start if start else 0.0
-        self._saw_busy = self._saw_busy or bool(start)
-        # Caught at a random moment, an iteration this old is probably over the
-        # site threshold (ages are spread evenly over an iteration's length).
-        # A garbage collection is not the program's cut: it does not count.
-        if (
-            start
-            and not flush
-            and age > settings.site_threshold / 2
-            and self._gc.time_in(probe.thread_id, start, now) < age / 2
-            and wd.cut_seen(now)
-        ):
-            self._cut_prone(probe, wd, now)
-        if wd.exact_until and now > wd.exact_until and not (settings.precise or settings.profile):
-            self._calm(probe, wd)
-        speculate = settings.site_threshold / 2 if wd.cuts else settings.speculate
-        if not start or flush or age <= speculate or frame is None:
-            return False
-        if probe.ending:
-            return True  # its end is being stamped: what the loop runs now belongs elsewhere
-        probe.watch_end(start)
-        if wd.queued_from is None:
-            # Worth a /proc read now that this iteration may be a block.
-            wd.queued_from = probe.cpu_time()
-        if probe.profiler is not None:
-            probe.profiler.hold()  # a block being watched is profiled to its end
-        wd.samples[capture(frame)] += 1
-        if wd.task is None:
-            loop = probe.loop
-            task = _running_task(loop) if loop is not None else None
-            if task is not None:
-                wd.task = task.get_name()
-                coro = task.get_coro()
-                wd.coroutine = getattr(coro, "__qualname__", None) or repr(coro)
-        return True
-
-    def _finish_ended(self, probe: Probe, settings: Settings) -> None:
-        """Finish the iterations the loop thread recorded as ended."""
-        while probe.ended:
-            began, ended, clock, resolution, callback, tag = probe.ended.popleft()
-            self._finish(probe, began, ended, clock, settings, resolution, callback, tag)
-
-    def _cut_prone(self, probe: Probe, wd: Tracking, now: float) -> None:
-        """The loop keeps having iterations over the site threshold ("a thousand cuts").
-
-        For a while it is timed on every iteration and looked at every
-        sample_interval, so that each such iteration is counted and most are
-        attributed to a line. One slow iteration (a GC pause, a hiccup of the
-        machine) is not enough: the per-iteration cost is paid on evidence.
-        """
-        wd.cuts = True
-        self._go_exact(probe, wd, now)
-
-    def _go_exact(self, probe: Probe, wd: Tracking, now: float) -> None:
-        wd.exact_until = now + _EXACT_FOR
-        if isinstance(probe, SelectorProbe) and not probe.exact:
-            probe.go_exact()
-
-    def _calm(self, probe: Probe, wd: Tracking) -> None:
-        """Nothing slow for a while: back to no cost per iteration."""
-        wd.exact_until = 0.0
-        wd.cuts = False
-        wd.cut_looks.clear()
-        if isinstance(probe, SelectorProbe):
-            probe.go_sampled()
-
-    def _stalled(self, late: float) -> None:
-        """The watchdog could not run for longer than the threshold.
-
-        If a loop thread kept computing meanwhile, it held the GIL (a C call
-        such as json.loads), and if its iteration ended during the stall the
-        block was never seen: such loops are timed on every iteration for a
-        while, which costs a little per iteration but misses nothing. If the
-        loop thread hardly ran either, the whole process was starved of CPU:
-        nothing to learn there.
-        """
-        now = time.monotonic()
-        for probe in self._loops.probes:
-            if not isinstance(probe, SelectorProbe) or probe.exact or probe.want_exact:
-                continue
-            loop = probe.loop
-            if loop is None or not loop.is_running():
-                continue  # its thread computing is not this loop's doing
-            before, cpu = probe.wd.last, probe.cpu_quick()
-            if before is None or before.cpu is None or cpu is None:
-                continue
-            if cpu[0] - before.cpu[0] < 0.5 * late:
-                continue
-            self._go_exact(probe, probe.wd, now)
-            message = (
-                f"the watchdog could not run for {late * 1000:.0f} ms while "
-                f"{probe.label} kept computing (a C call holding the GIL?): the loop is "
-                "timed on every iteration for a while, so that no block goes unseen"
-            )
-            logger.info(message)
-            self._broadcast_event(message)
-
-    def _attach_dump(
-        self, fired_at: float, stacks: dict[int, tuple[Frame, ...]], settings: Settings
-    ) -> None:
-        # The dump stands for the whole stretch the watchdog could not run.
-        weight = max(1, round(settings.deadman_timeout / settings.sample_interval))
-        for probe in self._loops.probes:
-            frames = stacks.get(probe.thread_id)
-            if frames:
-                wd = probe.wd
-                wd.dumps.append((fired_at, frames, weight))
-                del wd.dumps[:-16]
-
-    def _finish(
-        self,
-        probe: Probe,
-        start: float,
-        end: float,
-        cpu_end: Clock | None,
-        settings: Settings,
-        resolution: str | None = None,
-        callback: str | None = None,
-        tag: int = 0,
-    ) -> None:
-        wd = probe.wd
-        if start == wd.done:
-            return  # stamped twice (a hook and a fallback both saw it end): keep the first
-        duration = end - start
-        seen = start == wd.seen_start
-        samples = wd.samples if seen else Counter()
-        reference = wd.before if seen else wd.last
-        dumps = [(frames, weight) for at, frames, weight in wd.dumps if start <= at <= end]
-        wd.dumps = [d for d in wd.dumps if d[0] > end]
-        wd.done = start
-        if seen:
-            # finished: not to be finished again (by a tick) when the loop moves on
-            wd.samples = Counter()
-            wd.seen_start = -1.0
-        if (
-            duration > settings.site_threshold
-            and self._gc.time_in(probe.thread_id, start, end) < duration / 2
-        ):
-            likely = wd.cut_seen(end)
-            if wd.cuts:
-                wd.exact_until = max(wd.exact_until, end + _EXACT_FOR)
-            elif likely:
-                self._cut_prone(probe, wd, end)
-        if duration <= settings.threshold:
-            if duration > settings.site_threshold:
-                self._cut(probe, start, end, cpu_end, reference, samples, settings)
-            return
-        wd.blocks += 1
-        observed = Observed(
-            start=start,
-            end=end,
-            before=reference,
-            cpu_end=cpu_end,
-            queued_from=wd.queued_from if seen else None,
-            stacks=_frames_of(samples),
-            dumps=dumps,
-            task=wd.task if seen else None,
-            coroutine=wd.coroutine if seen else None,
-            callback=callback,
-            wakes=wd.wakes if seen else 0,
-            late_wakes=wd.late_wakes,
-            late_time=wd.late_time,
-            watch_from=wd.watch_from,
-            gc_time=self._gc.time_in(probe.thread_id, start, end),
-            resolution=resolution or probe.resolution,
-            functions=self._functions(tag),
-        )
-        block = assemble.block(
-            observed,
-            block_id=next(self._block_ids),
-            loop=probe.label,
-            user_code=self._user_code,
-            wall_offset=WALL_OFFSET,
-        )
-        self._dispatch(Found(block, start, end))
-
-    def _functions(self, tag: int) -> tuple[FunctionStat, ...]:
-        profiler = self._profiler
-        if not tag or profiler is None:
-            return ()
-        try:
-            return profiler.functions(tag)  # type: ignore[no-any-return]
-        except Exception:
-            log_once("profiler-functions", "loopwatch could not read yappi's results for a block")
-            return ()
-
-    def _cut(
-        self,
-        probe: Probe,
-        start: float,
-        end: float,
-        cpu_end: Clock | None,
-        reference: Reading | None,
-        samples: Counter[RawStack],
-        settings: Settings,
-    ) -> None:
-        """An iteration over the site threshold but under the block threshold."""
-        observed = Observed(
-            start=start,
-            end=end,
-            before=reference,
-            cpu_end=cpu_end,
-            stacks=_frames_of(samples),
-            gc_time=self._gc.time_in(probe.thread_id, start, end),
-        )
-        cut = assemble.cut(observed, loop=probe.label, user_code=self._user_code)
+    def _dispatch_cut(self, cut: Cut, end: float) -> None:
         for subscriber in list(self._subscribers):
             config = subscriber.config
             if cut.duration > config.effective_site_threshold and end > subscriber.started:
@@ -870,32 +549,12 @@ class Watchdog:
     def _retire(self, probe: Probe, now: float) -> None:
         settings = self._settings
         if settings is not None:
-            self._track(probe, None, now, settings, flush=True)
+            self._looker.track(probe, None, now, settings, flush=True)
         probe.detach()
         self._loops.retire(probe)
-        stats = self._loop_stats(probe)
+        stats = self._looker.loop_stats(probe)
         for subscriber in self._subscribers:
             subscriber.receive_loop(stats)
-
-    def _loop_stats(self, probe: Probe) -> LoopStats:
-        end = probe.detached_at or time.monotonic()
-        wd = probe.wd
-        lags = sorted(probe.lags)
-        return LoopStats(
-            loop=probe.label,
-            iterations=probe.iterations,
-            busy=probe.busy,
-            watched=end - probe.attached_at,
-            blocks=wd.blocks,
-            resolution=probe.resolution,
-            busy_fraction_sampled=wd.share.overall,
-            worst_window=wd.share.worst,
-            last_window=wd.share.last,
-            lag_p50=percentile(lags, 50) if lags else None,
-            lag_p95=percentile(lags, 95) if lags else None,
-            lag_p99=percentile(lags, 99) if lags else None,
-            lag_max=lags[-1] if lags else None,
-        )
 
     def _broadcast_event(self, message: str) -> None:
         for subscriber in list(self._subscribers):

@@ -1,0 +1,396 @@
+"""Looking at one loop: track its iteration, sample it, and turn what was seen into findings.
+
+The watchdog calls :class:`Looker` for each watched loop on every look. The
+look reads the iteration in progress from the probe, samples the loop
+thread's stack while it runs long, counts busy time, applies the thousand-cuts
+policy (time every iteration for a while once slow iterations keep coming),
+and, when an iteration has ended, joins samples, CPU clocks, GC pauses and
+profile results into a :class:`~loopwatch.model.Block` or a
+:class:`~loopwatch._core.assemble.Cut` (see :mod:`loopwatch._core.assemble`),
+handed to the watchdog for fan-out. Per-loop state lives in the probe's
+:class:`~loopwatch._core.tracker.Tracking`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from loopwatch._core import assemble
+from loopwatch._core.assemble import Clock, Cut, Observed, Reading
+from loopwatch._core.findings import Found
+from loopwatch._core.gctimer import GcTimer
+from loopwatch._core.settings import Settings
+from loopwatch._core.tracker import Tracking
+from loopwatch._log import log_once, logger
+from loopwatch.model import Frame, FunctionStat, LoopStats, percentile
+from loopwatch.probe import Probe, SelectorProbe
+from loopwatch.stacks import RawStack, UserCode, capture, to_frames
+
+WALL_OFFSET = time.time() - time.monotonic()
+"""Add to a time.monotonic() reading (the loop's clock) to get wall-clock time."""
+
+#: A wake-up later than this waited for the GIL (the switch interval is 5 ms; a
+#: thread that releases the GIL lets the watchdog in at once).
+LATE = 0.001
+
+#: Seconds between lag pings to a loop (a heartbeat loop is pinged every tick).
+PING_EVERY = 0.5
+
+#: A loop switched to per-iteration timing goes back after this long without cuts.
+_EXACT_FOR = 30.0
+
+
+def _frames_of(samples: Counter[RawStack]) -> Counter[tuple[Frame, ...]]:
+    """Sampled raw stacks as frames (raw stacks that differ only in loopwatch's frames merge)."""
+    stacks: Counter[tuple[Frame, ...]] = Counter()
+    for raw, count in samples.items():
+        stacks[to_frames(raw)] += count
+    return stacks
+
+
+def _running_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
+    """The task that ``loop`` is running right now, asked from another thread.
+
+    ``current_task(loop)`` answers for a loop running in any thread: up to 3.13
+    from the loop -> task table; from 3.14, where each thread keeps its running
+    task in its own thread state, by looking through the threads for the one
+    running ``loop``. (asyncio's private ``_current_tasks`` table is gone in 3.14.)
+    """
+    try:
+        return asyncio.current_task(loop)
+    except Exception:
+        return None
+
+
+class Looker:
+    """Looks at loops, one probe at a time, and hands on the blocks and cuts it finds."""
+
+    def __init__(
+        self,
+        gc: GcTimer,
+        on_block: Callable[[Found], None],
+        on_cut: Callable[[Cut, float], None],
+    ) -> None:
+        self._gc = gc
+        self._on_block = on_block
+        self._on_cut = on_cut
+        self._block_ids = itertools.count(1)
+        #: which frames are the program's own (set from the sessions' include/exclude)
+        self.user_code = UserCode()
+        #: profile mode's profiler, while it runs (its results are attached to blocks)
+        self.profiler: Any = None
+        #: whether a look since the watchdog last reset it found a loop inside an iteration
+        self.saw_busy = False
+
+    def idle_look(self, probe: Probe, frame: FrameType | None, now: float) -> bool:
+        """The most common look, kept lean: the loop waits in select and nothing is due.
+
+        What the full look would do then: count the time since the last look as
+        idle, and take a CPU reading as the reference for a block that starts
+        next. True if that was all there was to do.
+        """
+        wd = probe.wd
+        last = wd.last
+        if (
+            last is None
+            or wd.seen_start
+            or wd.exact_until
+            or probe.failure is not None
+            or now - wd.pinged >= PING_EVERY
+            or wd.watching_cuts(now)
+            or not isinstance(probe, SelectorProbe)
+            or not probe.selecting(frame)
+        ):
+            return False
+        wd.share.account(now, now - last.at, False)
+        wd.last = Reading(now, probe.cpu_only())
+        return True
+
+    def track(
+        self,
+        probe: Probe,
+        frame: FrameType | None,
+        now: float,
+        settings: Settings,
+        flush: bool,
+        late: float = 0.0,
+    ) -> bool:
+        """Sample the probe's loop if it is blocking; finish blocks that ended."""
+        wd = probe.wd
+        if flush and probe.alive():
+            # A report is wanted now (from any thread): finish the iterations that
+            # have ended, and leave the one in progress to the next real look; a
+            # look without the loop thread's frame would take it for over.
+            self.finish_ended(probe, settings)
+            return False
+        # Look at the loop before draining ended iterations: the loop thread
+        # records an iteration's end before it starts the next one.
+        start = probe.busy_since(None if flush else frame, now, settings.heartbeat)
+        if start == wd.done:
+            start = 0.0  # a stale look at an iteration already finished
+        self.finish_ended(probe, settings)
+        # An idle look's reading is the reference for a block that starts after
+        # it: CPU time is enough there (run-queue time is read from the block's
+        # first look on); the cheapest reading keeps a quiet watchdog cheap.
+        cpu = probe.cpu_quick() if start or wd.seen_start else probe.cpu_only()
+        if start != wd.seen_start:
+            if wd.seen_start and wd.samples:
+                # It ended but its end was not stamped (the loop stopped in a
+                # way we could not see): its length is known to within a tick.
+                self._finish(probe, wd.seen_start, now, cpu, settings, resolution="tick")
+            wd.before = wd.last
+            wd.seen_start = start
+            wd.samples = Counter()
+            wd.task = wd.coroutine = None
+            wd.queued_from = None
+            wd.wakes = 1 if start else 0
+            wd.late_wakes = 1 if start and late > LATE else 0
+            # of the wait before this look, only what overlaps the iteration counts
+            wd.late_time = min(late, now - start) if start else 0.0
+            wd.watch_from = now - wd.late_time
+        elif start:
+            wd.wakes += 1
+            wd.late_wakes += late > LATE
+            wd.late_time += late
+        if not flush and wd.last is not None:
+            wd.share.account(now, now - wd.last.at, bool(start))
+        wd.last = Reading(now, cpu)
+        age = now - start if start else 0.0
+        self.saw_busy = self.saw_busy or bool(start)
+        # Caught at a random moment, an iteration this old is probably over the
+        # site threshold (ages are spread evenly over an iteration's length).
+        # A garbage collection is not the program's cut: it does not count.
+        if (
+            start
+            and not flush
+            and age > settings.site_threshold / 2
+            and self._gc.time_in(probe.thread_id, start, now) < age / 2
+            and wd.cut_seen(now)
+        ):
+            self._cut_prone(probe, wd, now)
+        if wd.exact_until and now > wd.exact_until and not (settings.precise or settings.profile):
+            self._calm(probe, wd)
+        speculate = settings.site_threshold / 2 if wd.cuts else settings.speculate
+        if not start or flush or age <= speculate or frame is None:
+            return False
+        if probe.ending:
+            return True  # its end is being stamped: what the loop runs now belongs elsewhere
+        probe.watch_end(start)
+        if wd.queued_from is None:
+            # Worth a /proc read now that this iteration may be a block.
+            wd.queued_from = probe.cpu_time()
+        if probe.profiler is not None:
+            probe.profiler.hold()  # a block being watched is profiled to its end
+        wd.samples[capture(frame)] += 1
+        if wd.task is None:
+            loop = probe.loop
+            task = _running_task(loop) if loop is not None else None
+            if task is not None:
+                wd.task = task.get_name()
+                coro = task.get_coro()
+                wd.coroutine = getattr(coro, "__qualname__", None) or repr(coro)
+        return True
+
+    def finish_ended(self, probe: Probe, settings: Settings) -> None:
+        """Finish the iterations the loop thread recorded as ended."""
+        while probe.ended:
+            began, ended, clock, resolution, callback, tag = probe.ended.popleft()
+            self._finish(probe, began, ended, clock, settings, resolution, callback, tag)
+
+    def _cut_prone(self, probe: Probe, wd: Tracking, now: float) -> None:
+        """The loop keeps having iterations over the site threshold ("a thousand cuts").
+
+        For a while it is timed on every iteration and looked at every
+        sample_interval, so that each such iteration is counted and most are
+        attributed to a line. One slow iteration (a GC pause, a hiccup of the
+        machine) is not enough: the per-iteration cost is paid on evidence.
+        """
+        wd.cuts = True
+        self._go_exact(probe, wd, now)
+
+    def _go_exact(self, probe: Probe, wd: Tracking, now: float) -> None:
+        wd.exact_until = now + _EXACT_FOR
+        if isinstance(probe, SelectorProbe) and not probe.exact:
+            probe.go_exact()
+
+    def _calm(self, probe: Probe, wd: Tracking) -> None:
+        """Nothing slow for a while: back to no cost per iteration."""
+        wd.exact_until = 0.0
+        wd.cuts = False
+        wd.cut_looks.clear()
+        if isinstance(probe, SelectorProbe):
+            probe.go_sampled()
+
+    def stalled(self, probes: list[Probe], late: float) -> list[str]:
+        """The watchdog could not run for longer than the threshold.
+
+        If a loop thread kept computing meanwhile, it held the GIL (a C call
+        such as json.loads), and if its iteration ended during the stall the
+        block was never seen: such loops are timed on every iteration for a
+        while, which costs a little per iteration but misses nothing. If the
+        loop thread hardly ran either, the whole process was starved of CPU:
+        nothing to learn there. Returns what to tell the sessions.
+        """
+        now = time.monotonic()
+        messages = []
+        for probe in probes:
+            if not isinstance(probe, SelectorProbe) or probe.exact or probe.want_exact:
+                continue
+            loop = probe.loop
+            if loop is None or not loop.is_running():
+                continue  # its thread computing is not this loop's doing
+            before, cpu = probe.wd.last, probe.cpu_quick()
+            if before is None or before.cpu is None or cpu is None:
+                continue
+            if cpu[0] - before.cpu[0] < 0.5 * late:
+                continue
+            self._go_exact(probe, probe.wd, now)
+            message = (
+                f"the watchdog could not run for {late * 1000:.0f} ms while "
+                f"{probe.label} kept computing (a C call holding the GIL?): the loop is "
+                "timed on every iteration for a while, so that no block goes unseen"
+            )
+            logger.info(message)
+            messages.append(message)
+        return messages
+
+    @staticmethod
+    def attach_dump(
+        probes: list[Probe],
+        fired_at: float,
+        stacks: dict[int, tuple[Frame, ...]],
+        settings: Settings,
+    ) -> None:
+        """A deadman dump: each loop's stack in it is kept for the block it fell in."""
+        # The dump stands for the whole stretch the watchdog could not run.
+        weight = max(1, round(settings.deadman_timeout / settings.sample_interval))
+        for probe in probes:
+            frames = stacks.get(probe.thread_id)
+            if frames:
+                wd = probe.wd
+                wd.dumps.append((fired_at, frames, weight))
+                del wd.dumps[:-16]
+
+    def _finish(
+        self,
+        probe: Probe,
+        start: float,
+        end: float,
+        cpu_end: Clock | None,
+        settings: Settings,
+        resolution: str | None = None,
+        callback: str | None = None,
+        tag: int = 0,
+    ) -> None:
+        wd = probe.wd
+        if start == wd.done:
+            return  # stamped twice (a hook and a fallback both saw it end): keep the first
+        duration = end - start
+        seen = start == wd.seen_start
+        samples = wd.samples if seen else Counter()
+        reference = wd.before if seen else wd.last
+        dumps = [(frames, weight) for at, frames, weight in wd.dumps if start <= at <= end]
+        wd.dumps = [d for d in wd.dumps if d[0] > end]
+        wd.done = start
+        if seen:
+            # finished: not to be finished again (by a tick) when the loop moves on
+            wd.samples = Counter()
+            wd.seen_start = -1.0
+        if (
+            duration > settings.site_threshold
+            and self._gc.time_in(probe.thread_id, start, end) < duration / 2
+        ):
+            likely = wd.cut_seen(end)
+            if wd.cuts:
+                wd.exact_until = max(wd.exact_until, end + _EXACT_FOR)
+            elif likely:
+                self._cut_prone(probe, wd, end)
+        if duration <= settings.threshold:
+            if duration > settings.site_threshold:
+                self._cut(probe, start, end, cpu_end, reference, samples, settings)
+            return
+        wd.blocks += 1
+        observed = Observed(
+            start=start,
+            end=end,
+            before=reference,
+            cpu_end=cpu_end,
+            queued_from=wd.queued_from if seen else None,
+            stacks=_frames_of(samples),
+            dumps=dumps,
+            task=wd.task if seen else None,
+            coroutine=wd.coroutine if seen else None,
+            callback=callback,
+            wakes=wd.wakes if seen else 0,
+            late_wakes=wd.late_wakes,
+            late_time=wd.late_time,
+            watch_from=wd.watch_from,
+            gc_time=self._gc.time_in(probe.thread_id, start, end),
+            resolution=resolution or probe.resolution,
+            functions=self._functions(tag),
+        )
+        block = assemble.block(
+            observed,
+            block_id=next(self._block_ids),
+            loop=probe.label,
+            user_code=self.user_code,
+            wall_offset=WALL_OFFSET,
+        )
+        self._on_block(Found(block, start, end))
+
+    def _functions(self, tag: int) -> tuple[FunctionStat, ...]:
+        profiler = self.profiler
+        if not tag or profiler is None:
+            return ()
+        try:
+            return profiler.functions(tag)  # type: ignore[no-any-return]
+        except Exception:
+            log_once("profiler-functions", "loopwatch could not read yappi's results for a block")
+            return ()
+
+    def _cut(
+        self,
+        probe: Probe,
+        start: float,
+        end: float,
+        cpu_end: Clock | None,
+        reference: Reading | None,
+        samples: Counter[RawStack],
+        settings: Settings,
+    ) -> None:
+        """An iteration over the site threshold but under the block threshold."""
+        observed = Observed(
+            start=start,
+            end=end,
+            before=reference,
+            cpu_end=cpu_end,
+            stacks=_frames_of(samples),
+            gc_time=self._gc.time_in(probe.thread_id, start, end),
+        )
+        self._on_cut(assemble.cut(observed, loop=probe.label, user_code=self.user_code), end)
+
+    def loop_stats(self, probe: Probe) -> LoopStats:
+        end = probe.detached_at or time.monotonic()
+        wd = probe.wd
+        lags = sorted(probe.lags)
+        return LoopStats(
+            loop=probe.label,
+            iterations=probe.iterations,
+            busy=probe.busy,
+            watched=end - probe.attached_at,
+            blocks=wd.blocks,
+            resolution=probe.resolution,
+            busy_fraction_sampled=wd.share.overall,
+            worst_window=wd.share.worst,
+            last_window=wd.share.last,
+            lag_p50=percentile(lags, 50) if lags else None,
+            lag_p95=percentile(lags, 95) if lags else None,
+            lag_p99=percentile(lags, 99) if lags else None,
+            lag_max=lags[-1] if lags else None,
+        )
