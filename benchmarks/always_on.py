@@ -118,7 +118,7 @@ def _child(mode: str, seconds: float) -> dict[str, Any]:
 
     threshold = float(mode.split("t=")[1])
     steps = [0]
-    step = watchdog_module.Watchdog._step
+    step = watchdog_module.Watchdog.look
 
     def counted_step(self: Any, *args: Any, **kwargs: Any) -> float:
         steps[0] += 1
@@ -131,7 +131,7 @@ def _child(mode: str, seconds: float) -> dict[str, Any]:
         loop_calls[0] += 1  # each ping is answered by one callback in the loop thread
         ping(self, now)
 
-    watchdog_module.Watchdog._step = counted_step  # type: ignore[method-assign]
+    watchdog_module.Watchdog.look = counted_step  # type: ignore[method-assign]
     probe_module.Probe.ping = counted_ping  # type: ignore[method-assign]
 
     async def main() -> dict[str, Any]:

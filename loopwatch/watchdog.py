@@ -28,13 +28,13 @@ from loopwatch._core.assemble import Cut as Cut  # re-exported: sessions and tes
 from loopwatch._core.assemble import Reading
 from loopwatch._core.deadman import Deadman
 from loopwatch._core.findings import Found, Listener
-from loopwatch._core.forking import FORK_WAIT, join_for_fork
+from loopwatch._core.forking import FORK_WAIT
 from loopwatch._core.gctimer import GcTimer
-from loopwatch._core.looker import LATE, PING_EVERY, Looker
+from loopwatch._core.looker import PING_EVERY, Looker
 from loopwatch._core.looker import WALL_OFFSET as WALL_OFFSET  # re-exported: tests read it here
 from loopwatch._core.registry import LoopRegistry
 from loopwatch._core.settings import Settings, merge
-from loopwatch._core.wakeup import Wakeup
+from loopwatch._core.thread import WatchdogThread
 from loopwatch._log import log_once
 from loopwatch.config import Config
 from loopwatch.model import (
@@ -44,7 +44,6 @@ from loopwatch.probe import (
     Discovery,
     Probe,
     SelectorProbe,
-    ThreadClock,
     running_loops,
 )
 from loopwatch.stacks import UserCode
@@ -69,9 +68,6 @@ class Subscriber(Protocol):
 _SCAN_EVERY = 1.0
 
 
-#: Frames taken on waking are used if the watchdog's lock was had within this many seconds.
-_FRESH = 0.002
-
 #: How long one late wake-up (another thread held the GIL) keeps the closer pace.
 _CONTENDED_FOR = 2.0
 
@@ -87,16 +83,7 @@ class Watchdog:
         self._lock = threading.RLock()
         self._subscribers: list[Subscriber] = []
         self._loops = LoopRegistry()
-        #: the watchdog thread; any other thread still running _run() (one told to stop
-        #: that has not yet seen it) ends at its next look
-        self._thread: threading.Thread | None = None
-        #: set once the watchdog thread has taken its first look
-        self._ready = threading.Event()
-        self._wake = Wakeup()
-        #: whether the thread was stopped for a fork and is to be started again after it
-        self._resume_after_fork = False
-        #: threads told to end for a fork that had not ended when it went ahead
-        self._ending: list[threading.Thread] = []
+        self._thread = WatchdogThread(self)
         #: until then the watchdog looks at the closer pace: it recently woke late
         self._contended_until = 0.0
         self._discovery = Discovery(self._on_loop, self._on_run_end)
@@ -117,16 +104,18 @@ class Watchdog:
             self._apply_settings()
             self._discovery.install()
             self._gc.install()
-            if self._thread is None:
-                self._start_thread()
+            if self._thread.running:
+                self._thread.poke()
             else:
-                self._wake.set()
+                self._thread.start()
 
-    def _start_thread(self) -> None:
-        self._wake.clear()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="loopwatch-watchdog", daemon=True)
-        self._thread.start()
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    @property
+    def busy(self) -> bool:
+        return self._looker.saw_busy
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
@@ -137,13 +126,8 @@ class Watchdog:
             if self._subscribers:
                 self._apply_settings()
                 return
-            thread, self._thread = self._thread, None
-            ending = [thread, *self._ending]
-            self._ending = []
-            self._wake.set()
-        for thread in ending:
-            if thread is not None and thread is not threading.current_thread():
-                thread.join()
+            ending = self._thread.stop()
+        self._thread.join(ending)
         with self._lock:
             if self._subscribers:  # someone subscribed while we were joining
                 return
@@ -163,7 +147,7 @@ class Watchdog:
         Until then it cannot see a block: a C call holding the GIL from the very
         start of the watch would keep it from ever starting to look, and end unseen.
         """
-        self._ready.wait(timeout)
+        self._thread.wait_ready(timeout)
 
     def active(self) -> bool:
         return bool(self._subscribers)
@@ -207,7 +191,7 @@ class Watchdog:
         if self._settings is None:
             return
         try:
-            self._step(time.monotonic(), flush=True)
+            self.look(time.monotonic(), flush=True)
         except Exception:
             log_once("flush", "loopwatch failed to finish pending blocks; some may be missing")
 
@@ -262,8 +246,8 @@ class Watchdog:
                 return
             if not self._loops.wants(loop):
                 return
-            if self._thread is None and self._subscribers:
-                self._start_thread()  # a forked child watching its first loop
+            if not self._thread.running and self._subscribers:
+                self._thread.start()  # a forked child watching its first loop
             probe = self._loops.attach(loop, thread_id or threading.get_ident())
             self._configure(probe, self._settings)
             if isinstance(probe, SelectorProbe) and probe.want_exact and thread_id is None:
@@ -287,7 +271,10 @@ class Watchdog:
     # -- fork -----------------------------------------------------------------
 
     def _before_fork(self) -> None:
-        self._resume_after_fork = self._stop_thread_for_fork()
+        profiler = self._looker.profiler
+        if profiler is not None:
+            profiler.stop_for_fork()
+        self._thread.stop_for_fork()
         # Holding the lock across the fork gives the child state that no thread was
         # half-way through changing (the thread that was would not exist there).
         held = self._lock.acquire(timeout=_FORK_WAIT)
@@ -301,31 +288,9 @@ class Watchdog:
             except Exception:
                 log_once("fork-deadman", "loopwatch could not disarm its deadman switch to fork")
 
-    def _stop_thread_for_fork(self) -> bool:
-        """End the watchdog thread before a fork (see :mod:`loopwatch._core.forking`).
-
-        True if it is to be started again after. Its state lives in this object,
-        so the new thread carries on watching, a block in progress included.
-        """
-        profiler = self._looker.profiler
-        if profiler is not None:
-            profiler.stop_for_fork()
-        thread = self._thread
-        if thread is threading.current_thread():
-            return False
-        self._thread = None
-        self._wake.set()
-        stopped = join_for_fork(thread, _FORK_WAIT)
-        if thread is not None and thread.is_alive():
-            self._ending.append(thread)  # unsubscribe() waits for it
-        return stopped
-
     def _after_fork_in_parent(self) -> None:
         self._resume_profiler_after_fork()
-        if self._resume_after_fork:
-            self._resume_after_fork = False
-            if self._thread is None and self._subscribers:
-                self._start_thread()
+        self._thread.resume_after_fork(wanted=bool(self._subscribers))
         if not self._fork_held.pop(threading.get_ident(), False):
             return
         try:
@@ -363,20 +328,17 @@ class Watchdog:
         inherited = [loop for _, loop in running_loops(here)]
         del here
         held = self._fork_held.pop(threading.get_ident(), False)
-        self._resume_after_fork = False
-        self._ending = []  # the parent's threads: not in this process
+        watching = self._thread.running or bool(self._subscribers) or bool(self._loops.probes)
+        self._thread.forget_after_fork()
         self._resume_profiler_after_fork()
         if held:
             self._lock.release()
         else:
             self._lock = threading.RLock()  # its holder, if any, is gone
-        # The gone watchdog thread may have been inside wait().
-        self._wake = Wakeup()
         self._loops.inherited_from_parent(inherited)
-        if self._thread is None and not self._subscribers and not self._loops.probes:
+        if not watching:
             return  # not watching: nothing else to do
         try:
-            self._thread = None
             self._loops.inherited_from_parent(
                 [p.loop for p in self._loops.probes if p.loop is not None and p.loop.is_running()]
             )
@@ -386,64 +348,21 @@ class Watchdog:
         except Exception:
             log_once("fork-child", "loopwatch could not reset itself in a forked child")
 
-    # -- the thread -----------------------------------------------------------
+    # -- the look -------------------------------------------------------------
 
-    def _run(self) -> None:
-        # The watchdog's own run-queue time: waking late because every CPU was
-        # taken is not waking late because a loop thread held the GIL.
-        own = ThreadClock(threading.get_ident(), threading.get_native_id())
-        try:
-            self._loop_forever(own)
-        finally:
-            own.close()
-
-    def _loop_forever(self, own: ThreadClock) -> None:
-        late = 0.0
-        frames: dict[int, FrameType] | None = None
-        woke = 0.0
-        while True:
-            with self._lock:
-                if self._thread is not threading.current_thread():
-                    return  # stopped: the last session ended, or the program forks
-                now = time.monotonic()
-                if now - woke > _FRESH:
-                    frames = None  # the lock was busy: look again
-                try:
-                    interval = self._step(now, late=late, frames=frames)
-                except Exception:
-                    log_once("watchdog", "loopwatch's watchdog failed; detection may be incomplete")
-                    interval = 0.05
-                frames = None  # not kept while asleep: frames hold the program's locals
-            if not self._ready.is_set():
-                self._ready.set()
-            # The watchdog's own run-queue time before and after the sleep tells how
-            # much of a late wake was the machine's doing, not a GIL held by a loop
-            # thread. That matters for a block in progress; reading /proc costs a
-            # sleeping thread's cold caches tens of microseconds, so only then.
-            before = own.quick() if self._looker.saw_busy else None
-            asleep = time.monotonic()
-            woken = self._wake.wait(interval)
-            # First thing on waking: where each thread is. After a C call that held
-            # the GIL, that is the line it returned to; anything here that let the
-            # GIL go first (a contended lock, I/O) would let the loop run on past it.
-            frames = None if woken else sys._current_frames()
-            woke = time.monotonic()
-            self._wake.clear()
-            # Waking late means another thread held the GIL (or the machine is
-            # overloaded): that is how a block is known to hold the GIL.
-            late = 0.0 if woken else max(0.0, time.monotonic() - asleep - interval)
-            if late > LATE and before is not None and before[1] is not None:
-                after = own.quick()
-                if after is not None and after[1] is not None:
-                    late = max(0.0, late - (after[1] - before[1]))
-
-    def _step(
+    def look(
         self,
         now: float,
-        flush: bool = False,
         late: float = 0.0,
         frames: dict[int, FrameType] | None = None,
+        flush: bool = False,
     ) -> float:
+        """Look at every loop (called by the thread with the lock held); the next interval.
+
+        ``late``: how much later than asked the thread woke; ``frames``: every
+        thread's frames, taken the moment it woke; ``flush``: only finish what
+        has ended (a report is being read).
+        """
         settings = self._settings
         if settings is None:
             return 0.05

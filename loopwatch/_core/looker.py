@@ -26,6 +26,7 @@ from loopwatch._core.assemble import Clock, Cut, Observed, Reading
 from loopwatch._core.findings import Found
 from loopwatch._core.gctimer import GcTimer
 from loopwatch._core.settings import Settings
+from loopwatch._core.thread import LATE
 from loopwatch._core.tracker import Tracking
 from loopwatch._log import log_once, logger
 from loopwatch.model import Frame, FunctionStat, LoopStats, percentile
@@ -34,10 +35,6 @@ from loopwatch.stacks import RawStack, UserCode, capture, to_frames
 
 WALL_OFFSET = time.time() - time.monotonic()
 """Add to a time.monotonic() reading (the loop's clock) to get wall-clock time."""
-
-#: A wake-up later than this waited for the GIL (the switch interval is 5 ms; a
-#: thread that releases the GIL lets the watchdog in at once).
-LATE = 0.001
 
 #: Seconds between lag pings to a loop (a heartbeat loop is pinged every tick).
 PING_EVERY = 0.5

@@ -1,0 +1,175 @@
+"""The watchdog's thread: sleep, wake, take every thread's frames first, look, repeat.
+
+:class:`WatchdogThread` owns the thread's life (start, stop, stop for a fork
+and start again after it) and the timing of each wake-up: how late it woke
+(another thread held the GIL, unless the machine kept it waiting) and the
+frames taken the moment it woke. What a look does is its owner's business
+(:class:`~loopwatch.watchdog.Watchdog`), under the owner's lock.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Protocol
+
+from loopwatch._core.forking import FORK_WAIT, join_for_fork
+from loopwatch._core.wakeup import Wakeup
+from loopwatch._log import log_once
+from loopwatch.probe import ThreadClock
+
+#: A wake-up later than this waited for the GIL (the switch interval is 5 ms; a
+#: thread that releases the GIL lets the watchdog in at once).
+LATE = 0.001
+
+#: Frames taken on waking are used if the owner's lock was had within this many seconds.
+_FRESH = 0.002
+
+
+class Owner(Protocol):
+    """What the thread drives."""
+
+    @property
+    def lock(self) -> threading.RLock: ...
+
+    @property
+    def busy(self) -> bool:
+        """Whether the last look found a loop inside an iteration."""
+
+    def look(self, now: float, late: float, frames: dict[int, FrameType] | None) -> float:
+        """Look at the loops (the lock is held); seconds until the next look."""
+
+
+class WatchdogThread:
+    """The one ``loopwatch-watchdog`` thread of the process."""
+
+    def __init__(self, owner: Owner) -> None:
+        self._owner = owner
+        #: the running thread; any other thread still in _run() (told to stop, not yet
+        #: seen it) ends at its next look
+        self._thread: threading.Thread | None = None
+        #: set once the thread has taken its first look
+        self._ready = threading.Event()
+        self._wake = Wakeup()
+        #: threads told to end for a fork that had not ended when it went ahead
+        self._ending: list[threading.Thread] = []
+        #: whether the thread was stopped for a fork and is to be started again after it
+        self._resume_after_fork = False
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Start the thread (the caller holds the owner's lock)."""
+        self._wake.clear()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loopwatch-watchdog", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """Look now rather than at the end of the current sleep."""
+        self._wake.set()
+
+    def stop(self) -> list[threading.Thread]:
+        """Tell the thread to end (under the owner's lock); join what it returns outside it."""
+        thread, self._thread = self._thread, None
+        ending = [t for t in (thread, *self._ending) if t is not None]
+        self._ending = []
+        self._wake.set()
+        return ending
+
+    @staticmethod
+    def join(threads: list[threading.Thread]) -> None:
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join()
+
+    def wait_ready(self, timeout: float) -> None:
+        self._ready.wait(timeout)
+
+    # -- fork ---------------------------------------------------------------------------
+
+    def stop_for_fork(self) -> None:
+        """End the thread before a fork (see :mod:`loopwatch._core.forking`).
+
+        Its state lives in the owner, so the thread started again after the
+        fork carries on watching, a block in progress included.
+        """
+        thread = self._thread
+        if thread is threading.current_thread():
+            self._resume_after_fork = False
+            return
+        self._thread = None
+        self._wake.set()
+        self._resume_after_fork = join_for_fork(thread, FORK_WAIT)
+        if thread is not None and thread.is_alive():
+            self._ending.append(thread)  # stop() hands it on to be joined
+
+    def resume_after_fork(self, wanted: bool) -> None:
+        """In the parent: start again if the fork stopped the thread and it is still ``wanted``."""
+        resume, self._resume_after_fork = self._resume_after_fork, False
+        if resume and wanted and self._thread is None:
+            self.start()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the parent's threads do not exist here."""
+        self._resume_after_fork = False
+        self._ending = []
+        self._thread = None
+        # The gone thread may have been inside wait().
+        self._wake = Wakeup()
+
+    # -- the thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        # The thread's own run-queue time: waking late because every CPU was
+        # taken is not waking late because a loop thread held the GIL.
+        own = ThreadClock(threading.get_ident(), threading.get_native_id())
+        try:
+            self._loop_forever(own)
+        finally:
+            own.close()
+
+    def _loop_forever(self, own: ThreadClock) -> None:
+        owner = self._owner
+        late = 0.0
+        frames: dict[int, FrameType] | None = None
+        woke = 0.0
+        while True:
+            with owner.lock:
+                if self._thread is not threading.current_thread():
+                    return  # stopped: the last session ended, or the program forks
+                now = time.monotonic()
+                if now - woke > _FRESH:
+                    frames = None  # the lock was busy: look again
+                try:
+                    interval = owner.look(now, late, frames)
+                except Exception:
+                    log_once("watchdog", "loopwatch's watchdog failed; detection may be incomplete")
+                    interval = 0.05
+                frames = None  # not kept while asleep: frames hold the program's locals
+            if not self._ready.is_set():
+                self._ready.set()
+            # The thread's own run-queue time before and after the sleep tells how
+            # much of a late wake was the machine's doing, not a GIL held by a loop
+            # thread. That matters for a block in progress; reading /proc costs a
+            # sleeping thread's cold caches tens of microseconds, so only then.
+            before = own.quick() if owner.busy else None
+            asleep = time.monotonic()
+            woken = self._wake.wait(interval)
+            # First thing on waking: where each thread is. After a C call that held
+            # the GIL, that is the line it returned to; anything here that let the
+            # GIL go first (a contended lock, I/O) would let the loop run on past it.
+            frames = None if woken else sys._current_frames()
+            woke = time.monotonic()
+            self._wake.clear()
+            # Waking late means another thread held the GIL (or the machine is
+            # overloaded): that is how a block is known to hold the GIL.
+            late = 0.0 if woken else max(0.0, time.monotonic() - asleep - interval)
+            if late > LATE and before is not None and before[1] is not None:
+                after = own.quick()
+                if after is not None and after[1] is not None:
+                    late = max(0.0, late - (after[1] - before[1]))
