@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from loopwatch._log import log_once
 from loopwatch.sinks import Sink, WatchedSession
-from loopwatch.watchdog import WATCHDOG
 
 if TYPE_CHECKING:
     from loopwatch.model import Block, LoopStats
@@ -160,14 +159,15 @@ class _Shared:
         loop must not be averaged away.
         """
         with self._lock:
-            watching = any(s.running for s in self._sessions)
+            watching = next((s for s in self._sessions if s.running), None)
         values: dict[str, tuple[float | None, float | None]] = {}
-        if not watching:
+        if watching is None:
             return values
-        # The watchdog's loops, not Session.live_loops(): that one also keeps the
-        # last numbers of loops that have finished (an `asyncio.run(init())` before
+        # Running loops only, not live_loops(): that one also keeps the last numbers
+        # of loops that have finished (an `asyncio.run(init())` before
         # `asyncio.run(main())`), which would hold a gauge at a stale value forever.
-        for stats in WATCHDOG.live_loops():
+        # Every session sees every loop of the process: one session's view is enough.
+        for stats in watching.running_loops():
             label = self.loops(stats.loop)
             busy, lag = _busy_share(stats), stats.lag_p99
             old_busy, old_lag = values.get(label, (None, None))

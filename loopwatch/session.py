@@ -169,6 +169,10 @@ class Session:
                 loops[stats.loop] = stats
         return tuple(loops.values())
 
+    def running_loops(self) -> tuple[LoopStats, ...]:
+        """Fresh statistics of the loops running now (finished ones left out); any thread."""
+        return tuple(WATCHDOG.live_loops()) if self._running else ()
+
     def report(self) -> Report:
         """A snapshot of everything found so far; safe to call from any thread while watching."""
         if self._running:

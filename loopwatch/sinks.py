@@ -23,6 +23,8 @@ class WatchedSession(Protocol):
 
     def live_loops(self) -> tuple[LoopStats, ...]: ...
 
+    def running_loops(self) -> tuple[LoopStats, ...]: ...
+
 
 class Sink:
     """Receives what a session finds. Subclass it and override what you need.
