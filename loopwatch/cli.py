@@ -93,9 +93,40 @@ def _add_export_flags(parser: argparse.ArgumentParser) -> None:
                         "inferno) to OUT, weighted in microseconds")
 
 
+#: ``run``'s options that take a value as the next word (``--json OUT``).
+_RUN_VALUE_OPTIONS = frozenset(
+    {"--threshold", "--sample-interval", "--json", "--mode", "--speedscope", "--collapsed"}
+)
+
+
+def _split_module_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Split ``run ... -m MODULE ARGS`` after MODULE: everything after it is the program's.
+
+    As with ``python -m``, options after the module (``-m aiohttp.web -H host``)
+    belong to the module, not to loopwatch; argparse alone would take them.
+    Returns (loopwatch's words, the module's arguments or None without ``-m``).
+    """
+    if not argv or argv[0] != "run":
+        return argv, None
+    index = 1
+    while index < len(argv):
+        word = argv[index]
+        if word == "-m":
+            return argv[: index + 2], argv[index + 2 :]
+        if word.startswith("-m") and not word.startswith("--"):
+            return argv[: index + 1], argv[index + 1 :]  # -mmodule, as python takes it
+        if word == "--" or not word.startswith("-"):
+            return argv, None  # a script: argparse hands it and the rest on already
+        index += 2 if word in _RUN_VALUE_OPTIONS else 1
+    return argv, None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words, module_args = _split_module_run(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(words)
+    if module_args is not None:
+        args.argv = module_args
     try:
         if args.command == "run":
             return _run(args)

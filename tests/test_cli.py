@@ -86,6 +86,16 @@ def test_run_module(tmp_path: Path) -> None:
     assert "tool.py:6" in result.stderr
 
 
+def test_everything_after_the_module_is_the_modules(tmp_path: Path) -> None:
+    """run -m MODULE -H x: options after the module go to it, as with python -m."""
+    (tmp_path / "tool.py").write_text("import sys\nprint('args', sys.argv[1:])\n")
+    for module in (["-m", "tool"], ["-mtool"]):
+        result = loopwatch("run", "--quiet", "--threshold", "0.5", *module,
+                           "-H", "127.0.0.1", "--threshold", "7", "--", "x", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "args ['-H', '127.0.0.1', '--threshold', '7', '--', 'x']" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
