@@ -39,6 +39,7 @@ from types import FrameType
 from typing import Any
 
 from loopwatch._core.assemble import Clock
+from loopwatch._core.imports import AfterImport
 from loopwatch._core.tracker import Tracking
 from loopwatch._log import log_once
 
@@ -623,8 +624,12 @@ class Discovery:
 
     New runs are caught by patching ``run_forever`` (asyncio's and uvloop's):
     ``on_loop(loop)`` is called in the loop's thread when a run starts and
-    ``on_run_end(loop)`` when it returns. Loops that were already running are
-    found by :func:`running_loops`, which looks for ``run_forever`` frames.
+    ``on_run_end(loop)`` when it returns. uvloop is patched the moment it is
+    imported (an import hook), so ``import uvloop; uvloop.run(main())`` after
+    the watch began is caught from its first iteration. Loops that were already
+    running are found by :func:`running_loops` (asyncio's ``run_forever`` frames)
+    and :func:`loops_in_locals` (uvloop's, whose ``run_forever`` has no frame),
+    which are then attached from their own thread (:meth:`attach_in_own_thread`).
     """
 
     def __init__(
@@ -636,14 +641,18 @@ class Discovery:
         self._on_run_end = on_run_end
         self._installed = False
         self._patches: list[tuple[type, str, Any]] = []
-        #: the uvloop module (or None) that patch_uvloop last saw: each tick asks
+        #: the uvloop module (or None) that patch_uvloop last saw
         self._uvloop_seen: Any = _UNSEEN
+        self._after_import = AfterImport({"uvloop"}, lambda module: self.patch_uvloop())
+        #: loops asked to report from their own thread, not yet heard from
+        self._asked: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def install(self) -> None:
         if self._installed:
             return
         self._installed = True
         self._patch_run_forever(_BASE_LOOP)
+        self._after_import.install()
         self.patch_uvloop()
 
     def patch_uvloop(self) -> None:
@@ -671,7 +680,25 @@ class Discovery:
         self._patches.append((cls, "run_forever", cls.__dict__.get("run_forever")))
         cls.run_forever = run_forever  # type: ignore[attr-defined]
 
+    def attach_in_own_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A running loop whose thread is not known: it reports itself from that thread.
+
+        For loops found by :func:`loops_in_locals`: a callback sent with
+        ``call_soon_threadsafe`` runs in the loop's thread, where it is found
+        as if its run had just started.
+        """
+        if loop in self._asked:
+            return
+        self._asked.add(loop)
+        try:
+            loop.call_soon_threadsafe(self._found, loop)
+        except RuntimeError:
+            pass  # closed meanwhile
+
     def _found(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._asked.discard(loop)
+        if not self._installed:
+            return  # a late answer to attach_in_own_thread, after the watch
         try:
             self._on_loop(loop)
         except Exception:
@@ -688,6 +715,8 @@ class Discovery:
             return
         self._installed = False
         self._uvloop_seen = _UNSEEN
+        self._after_import.remove()
+        self._asked = weakref.WeakSet()
         for cls, name, original in reversed(self._patches):
             if getattr(cls.__dict__.get(name), "__loopwatch__", False):
                 if original is None:
@@ -713,3 +742,36 @@ def running_loops(frames: dict[int, FrameType]) -> list[tuple[int, asyncio.Abstr
                 break
             current = current.f_back
     return found
+
+
+#: How many of a thread's outermost frames loops_in_locals reads: where a program
+#: starts its loop (``asyncio.run``'s runner, ``uvloop.run``, a server's ``run``).
+_OUTER_FRAMES = 40
+
+
+def loops_in_locals(frames: dict[int, FrameType]) -> list[asyncio.AbstractEventLoop]:
+    """Running loops other than asyncio's own, referenced from the threads' outer frames.
+
+    A uvloop loop runs in C: no ``run_forever`` frame names it. The frame that
+    started it does (``Runner.run``'s ``self._loop``, a ``loop`` variable). Which
+    thread runs it is not known from here: see :meth:`Discovery.attach_in_own_thread`.
+    """
+    found: dict[int, asyncio.AbstractEventLoop] = {}
+    for frame in frames.values():
+        chain: list[FrameType] = []
+        current: FrameType | None = frame
+        while current is not None:
+            chain.append(current)
+            current = current.f_back
+        for outer in chain[-_OUTER_FRAMES:]:
+            local = outer.f_locals
+            owner = local.get("self")
+            for candidate in (local.get("loop"), owner, getattr(owner, "_loop", None)):
+                if (
+                    isinstance(candidate, asyncio.AbstractEventLoop)
+                    and not isinstance(candidate, _BASE_LOOP)
+                    and id(candidate) not in found
+                    and candidate.is_running()
+                ):
+                    found[id(candidate)] = candidate
+    return list(found.values())

@@ -44,6 +44,7 @@ from loopwatch.probe import (
     Discovery,
     Probe,
     SelectorProbe,
+    loops_in_locals,
     running_loops,
 )
 from loopwatch.stacks import UserCode
@@ -167,14 +168,24 @@ class Watchdog:
             self._on_loop(asyncio.get_running_loop())
         except RuntimeError:
             pass
-        self._scan()
+        self._scan(at_start=True)
 
-    def _scan(self) -> None:
-        """Find loops that were running before the watch began (from their threads' stacks)."""
+    def _scan(self, at_start: bool = False) -> None:
+        """Find loops that were running before the watch began (from their threads' stacks).
+
+        At the start also loops other than asyncio's (uvloop) from the outer
+        frames' locals; later runs of those are caught by the patches.
+        """
         self._last_scan = time.monotonic()
         try:
-            for thread_id, loop in running_loops(sys._current_frames()):
+            self._discovery.patch_uvloop()  # imported in a way the import hook missed
+            frames = sys._current_frames()
+            for thread_id, loop in running_loops(frames):
                 self._on_loop(loop, thread_id)
+            for loop in loops_in_locals(frames) if at_start else ():
+                if self._loops.wants(loop):
+                    self._discovery.attach_in_own_thread(loop)
+            del frames
         except Exception:
             log_once("scan", "loopwatch could not look for running event loops")
 
@@ -366,7 +377,6 @@ class Watchdog:
         settings = self._settings
         if settings is None:
             return 0.05
-        self._discovery.patch_uvloop()
         if not flush and now - self._last_scan > _SCAN_EVERY:
             self._scan()
         if late > settings.threshold and not flush:
