@@ -153,6 +153,12 @@ class Watchdog:
     def active(self) -> bool:
         return bool(self._subscribers)
 
+    @property
+    def threshold(self) -> float | None:
+        """The lowest threshold of the running sessions (None if none runs); any thread."""
+        settings = self._settings
+        return None if settings is None else settings.threshold
+
     def live_loops(self) -> list[LoopStats]:
         """Fresh statistics of the loops being watched (any thread may ask).
 

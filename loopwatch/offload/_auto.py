@@ -24,6 +24,13 @@ Half, not the report's 0.8 for "cpu": in a process the waiting part costs
 nothing, while in a thread the computing part still holds the GIL against the
 loop; and a CPU-bound function measures below 0.8 on a busy machine.
 
+A function does not have to wait for the loop to report a block: each inline
+call of a plain function, and each step of an ``async def`` one (from one
+``await`` to the next, which is what the loop cannot interrupt), is timed, and
+one that ran longer than an active session's threshold decides at once. A loop
+of calls that never yields (``for _ in range(4): await f()``) ends its
+iteration only after the last call, too late for the block to move the rest.
+
 The decision is logged once on the ``loopwatch`` logger and added to every
 active session's report (``Report.events``).
 """
@@ -31,10 +38,12 @@ active session's report (``Report.events``).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
+import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Literal
 
 from loopwatch._log import log_once, logger
@@ -127,6 +136,21 @@ class Policy:
             self.last_wall = elapsed
             self.wall += elapsed
             self.cpu += used
+            self.ran(elapsed, self.cpu / self.wall if self.wall > 0 else None, "over its calls")
+
+    def ran(self, elapsed: float, ratio: float | None, over: str) -> None:
+        """An inline call (or step) took ``elapsed`` on the loop: decide now if that is a block.
+
+        A block is what an active session would report: longer than its threshold.
+        """
+        if self.target is not None:
+            return
+        threshold = _active_threshold()
+        if threshold is None or elapsed <= threshold:
+            return
+        measured = f"cpu_ratio {ratio:.2f} {over}" if ratio is not None else ""
+        site = f"{self.key[0]}:{self.first}" if self.key is not None else None
+        self._decide(elapsed, ratio, measured, site)
 
     def downgrade(self, reason: str) -> None:
         """Send later calls to a thread instead of a process, and say why once."""
@@ -154,6 +178,12 @@ class Policy:
         else:
             ratio = block.cpu_ratio
             measured = f"block cpu_ratio {ratio:.2f}" if ratio is not None else ""
+        site = block.site if most_sampled and block.site else frame.location
+        self._decide(block.duration, ratio, measured, site)
+
+    def _decide(
+        self, duration: float, ratio: float | None, measured: str, site: str | None
+    ) -> None:
         if ratio is None:
             measured = "no CPU clock for the loop thread"
         elif ratio >= PROCESS_RATIO:
@@ -169,14 +199,52 @@ class Policy:
             else:
                 where = f"a thread, not a worker process: {reason}"
         self.target = target
-        site = block.site if most_sampled and block.site else frame.location
-        at = f" at {site}"
+        at = f" at {site}" if site else ""
         message = (
             f"offload('auto'): {_qualified(self.func)} blocked the event loop for "
-            f"{block.duration * 1000:.0f} ms{at} ({measured}); later calls run in {where}"
+            f"{duration * 1000:.0f} ms{at} ({measured}); later calls run in {where}"
         )
         logger.warning(message)
         _broadcast(message)
+
+
+@types.coroutine
+def timed_steps(policy: Policy, coro: Coroutine[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """Await ``coro``, timing each step (from one ``await`` to the next) for ``policy``.
+
+    A step is what runs on the loop without a break: the part of an ``async
+    def`` function that can block it.
+    """
+    send: Any = coro.send
+    value: Any = None
+    error: BaseException | None = None
+    clock, cpu_clock = time.perf_counter, time.thread_time
+    while True:
+        began, cpu = clock(), cpu_clock()
+        try:
+            yielded = send(value) if error is None else coro.throw(error)
+        except StopIteration as done:
+            _step_ran(policy, clock() - began, cpu_clock() - cpu)
+            return done.value
+        except BaseException:
+            _step_ran(policy, clock() - began, cpu_clock() - cpu)
+            raise
+        _step_ran(policy, clock() - began, cpu_clock() - cpu)
+        try:
+            value, error = (yield yielded), None
+        except BaseException as thrown:  # cancellation and the like, into the coroutine
+            value, error = None, thrown
+
+
+def _step_ran(policy: Policy, elapsed: float, cpu: float) -> None:
+    if policy.target is None:
+        policy.ran(elapsed, min(1.0, cpu / elapsed) if elapsed > 0 else None, "in that step")
+
+
+def _active_threshold() -> float | None:
+    """The lowest threshold of the running watch sessions, or None when none runs."""
+    module = sys.modules.get("loopwatch.watchdog")  # not imported: nothing watches
+    return None if module is None else module.WATCHDOG.threshold
 
 
 def _run_queue_wait() -> float | None:

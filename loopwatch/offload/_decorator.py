@@ -20,7 +20,7 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar, cast, get_args, over
 import wrapt
 
 from loopwatch.offload import _pools
-from loopwatch.offload._auto import Policy
+from loopwatch.offload._auto import Policy, timed_steps
 from loopwatch.offload._process import Call
 from loopwatch.offload._refs import (
     PROTOCOL,
@@ -379,7 +379,7 @@ class _Handler:
         target = policy.target
         if target is None:
             if self.is_async:
-                return cast(Coroutine[Any, Any, Any], wrapped(*args, **kwargs))
+                return cast(Coroutine[Any, Any, Any], timed_steps(policy, wrapped(*args, **kwargs)))
             return _inline(policy, wrapped, args, kwargs)
         if target == "thread":
             return self._thread(wrapped, instance, args, kwargs)

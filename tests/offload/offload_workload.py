@@ -209,6 +209,19 @@ def auto_never_blocks() -> tuple[int, str]:
     return where()
 
 
+@offload
+def auto_sleep_in_a_row(seconds: float) -> tuple[int, str]:
+    """Called several times in one loop iteration: it must move before the iteration ends."""
+    time.sleep(seconds)
+    return where()
+
+
+@offload
+async def auto_async_sleep_in_a_row(seconds: float) -> tuple[int, str]:
+    time.sleep(seconds)  # blocks: no await before it
+    return where()
+
+
 class Counter:
     """Methods of every kind, offloaded."""
 

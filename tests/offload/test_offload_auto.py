@@ -112,6 +112,24 @@ def test_two_functions_blocking_in_one_iteration_are_judged_each_on_its_own() ->
     assert waited[1].startswith("loopwatch-offload")
 
 
+@pytest.mark.parametrize("name", ["auto_sleep_in_a_row", "auto_async_sleep_in_a_row"])
+def test_calls_in_a_row_move_after_the_first(name: str) -> None:
+    """Four calls that never yield to the loop: the first runs inline and, being longer
+    than the session's threshold, moves the other three at once (the loop could only
+    report the block after the fourth)."""
+    function = getattr(w, name)
+
+    async def main(session: Session) -> list[tuple[int, str]]:
+        return [await function(0.1) for _ in range(4)]
+
+    places, report = run_watched(main)
+    assert places[0] == (os.getpid(), threading.current_thread().name)
+    assert [thread.startswith("loopwatch-offload") for _, thread in places[1:]] == [True] * 3
+    (event,) = [e for e in report.events if f"{name}() blocked the event loop" in e]
+    assert "later calls run in a thread" in event and "mostly waiting" in event, event
+    assert "offload_workload.py:" in event  # where the function is
+
+
 def test_async_function_that_computes_moves_to_a_worker_loop() -> None:
     """An async def function that blocked computing runs on a worker process's loop after."""
 
