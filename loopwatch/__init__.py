@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from loopwatch.errors import LoopBlockedError
     from loopwatch.model import Block, Frame, LoopStats, Report, Site
     from loopwatch.offload import offload
+    from loopwatch.requests import request
     from loopwatch.session import Session, run, watch
     from loopwatch.sinks import Sink
 
@@ -43,6 +44,7 @@ _HOMES = {
     "Session": "loopwatch.session",
     "Site": "loopwatch.model",
     "Sink": "loopwatch.sinks",
+    "request": "loopwatch.requests",
     "run": "loopwatch.session",
     "watch": "loopwatch.session",
 }
@@ -60,6 +62,7 @@ __all__ = [
     "Site",
     "__version__",
     "offload",
+    "request",
     "run",
     "watch",
 ]

@@ -56,6 +56,8 @@ def block_line(block: Block) -> str:
     ratio = f" cpu {block.cpu_ratio:.0%}" if block.cpu_ratio is not None else ""
     where = short_site(block.site)
     task = f"  task {block.task}" if block.task else ""
+    if block.request:
+        task = f"  {block.request}{task}"
     return (
         f"{_ms(block.duration):>11}  {block.kind:<5}{ratio:>9}  {where}  "
         f"in {block.function or '?'}{task}"
@@ -168,6 +170,8 @@ def _block_header(number: int, block: Block) -> Text:
     if facts:
         text.append(" (" + ", ".join(facts) + ")")
     who = []
+    if block.request:
+        who.append(block.request)
     if block.task:
         coroutine = f" · {block.coroutine}()" if block.coroutine else ""
         who.append(f"task {block.task}{coroutine}")
@@ -369,6 +373,8 @@ def _sites_table(report: Report, limit: int) -> RenderableType:
             iterations = "iteration" if short == 1 else "iterations"
             cell.append(f"\n{short} slow {iterations} under {duration(report.threshold)}",
                         style="yellow")
+        if site.requests:
+            cell.append("\nfor " + ", ".join(site.requests), style="cyan")
         if site.advice:
             cell.append(f"\n→ {site.advice}", style="green")
         table.add_row(

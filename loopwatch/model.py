@@ -137,6 +137,8 @@ class Block:
     """Name of the asyncio task that was running, when one was."""
     coroutine: str | None = None
     """Qualified name of that task's coroutine."""
+    request: str | None = None
+    """The request the task was serving (``GET /users/{id}``), where known."""
     callback: str | None = None
     """The callback being run, when known (precise mode)."""
     samples: int = 0
@@ -216,6 +218,8 @@ class Site(_Plain):
     """How many of ``count`` crossed the block threshold (the rest are thousand cuts)."""
     block_total: float = 0.0
     """Of ``total``, the seconds in those ``blocks``."""
+    requests: tuple[str, ...] = ()
+    """The requests whose blocks were at this site, most blocks first (at most five)."""
 
 
 
@@ -405,6 +409,8 @@ class SiteAccumulator:
         self.gil_time = 0.0
         self.gil_wall = 0.0
         self.gc_time = 0.0
+        #: blocks per request served (a few distinct ones: sites are per line, not per route)
+        self.requests: dict[str, int] = {}
         # array('d'): 8 bytes a duration, where a list of floats takes 32
         self.durations: array[float] = array("d")
         self._rng = rng if rng is not None else random.Random(_SEED)
@@ -416,8 +422,11 @@ class SiteAccumulator:
         gil_held: float | None = None,
         gc_time: float = 0.0,
         block: bool = True,
+        request: str | None = None,
     ) -> None:
         self.count += 1
+        if request is not None and (request in self.requests or len(self.requests) < 32):
+            self.requests[request] = self.requests.get(request, 0) + 1
         self.total += duration
         if block:
             self.blocks += 1
@@ -458,6 +467,7 @@ class SiteAccumulator:
             gc_time=self.gc_time,
             blocks=self.blocks,
             block_total=self.block_total,
+            requests=tuple(sorted(self.requests, key=lambda r: -self.requests[r])[:5]),
         )
 
 
@@ -499,6 +509,7 @@ class SiteTable:
         gil_held: float | None = None,
         gc_time: float = 0.0,
         block: bool = True,
+        request: str | None = None,
     ) -> None:
         acc = self._sites.get(site)
         if acc is None:
@@ -508,11 +519,11 @@ class SiteTable:
                 if self._other is None:
                     self._other = SiteAccumulator(OTHER_SITES, None, self._rng)
                 acc = self._other
-        acc.add(duration, cpu_ratio, gil_held, gc_time, block)
+        acc.add(duration, cpu_ratio, gil_held, gc_time, block, request)
 
     def add_block(self, block: Block) -> None:
         self.add(block.site or "<unknown>", block.function, block.duration, block.cpu_ratio,
-                 block.gil_held, block.gc_time)
+                 block.gil_held, block.gc_time, request=block.request)
 
     def freeze(self) -> tuple[Site, ...]:
         """The sites, sorted by total time blocked (largest first)."""

@@ -217,11 +217,12 @@ class Session:
     def _announce(self, block: Block) -> None:
         if self._log_blocks:
             block_logger.warning(
-                "event loop blocked for %.0f ms (%s) at %s in %s%s",
+                "event loop blocked for %.0f ms (%s) at %s in %s%s%s",
                 block.duration * 1000,
                 block.kind,
                 block.site or "an unknown line",
                 block.function or "?",
+                f", request {block.request}" if block.request else "",
                 f", task {block.task}" if block.task else "",
             )
         if self.config.on_block is not None:

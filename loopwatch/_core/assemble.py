@@ -68,6 +68,7 @@ class Observed:
     dumps: Sequence[tuple[tuple[Frame, ...], int]] = ()
     task: str | None = None
     coroutine: str | None = None
+    request: str | None = None
     callback: str | None = None
     #: looks at the iteration, those that came late, and the lateness in all
     wakes: int = 0
@@ -188,6 +189,7 @@ def block(
         function=site_frame.function if site_frame else None,
         task=observed.task,
         coroutine=observed.coroutine,
+        request=observed.request,
         callback=observed.callback,
         samples=sum(observed.stacks.values()) + len(observed.dumps),
         # a pathological iteration (hours long) must not make an endless list

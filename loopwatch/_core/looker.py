@@ -31,6 +31,7 @@ from loopwatch._core.tracker import Tracking
 from loopwatch._log import log_once, logger
 from loopwatch.model import Frame, FunctionStat, LoopStats, percentile
 from loopwatch.probe import Probe, SelectorProbe
+from loopwatch.requests import request_of
 from loopwatch.stacks import RawStack, UserCode, capture, to_frames
 
 WALL_OFFSET = time.time() - time.monotonic()
@@ -144,7 +145,7 @@ class Looker:
             wd.before = wd.last
             wd.seen_start = start
             wd.samples = Counter()
-            wd.task = wd.coroutine = None
+            wd.task = wd.coroutine = wd.request = None
             wd.queued_from = None
             wd.wakes = 1 if start else 0
             wd.late_wakes = 1 if start and late > LATE else 0
@@ -192,6 +193,7 @@ class Looker:
                 wd.task = task.get_name()
                 coro = task.get_coro()
                 wd.coroutine = getattr(coro, "__qualname__", None) or repr(coro)
+                wd.request = request_of(task)
         return True
 
     def finish_ended(self, probe: Probe, settings: Settings) -> None:
@@ -323,6 +325,7 @@ class Looker:
             dumps=dumps,
             task=wd.task if seen else None,
             coroutine=wd.coroutine if seen else None,
+            request=wd.request if seen else None,
             callback=callback,
             wakes=wd.wakes if seen else 0,
             late_wakes=wd.late_wakes,

@@ -82,6 +82,8 @@ class Tracking:
     samples: Counter[RawStack] = field(default_factory=Counter)
     task: str | None = None
     coroutine: str | None = None
+    #: the request the task served ("GET /users/{id}"), as a string only
+    request: str | None = None
     dumps: list[tuple[float, tuple[Frame, ...], int]] = field(default_factory=list)
     blocks: int = 0
     done: float = -1.0

@@ -1,0 +1,31 @@
+"""A small Starlette service: one route awaits, two block the loop (waiting, computing)."""
+
+import asyncio
+import time
+
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+
+async def fast(request):
+    await asyncio.sleep(0.001)
+    return PlainTextResponse("ok")
+
+
+async def report(request):
+    time.sleep(0.12)  # blocks: waiting
+    return PlainTextResponse("report")
+
+
+async def user(request):
+    deadline = time.thread_time() + 0.12
+    while time.thread_time() < deadline: pass  # noqa: E701  (blocks: computing)
+    return PlainTextResponse(request.path_params["user_id"])
+
+
+app = Starlette(routes=[
+    Route("/fast", fast),
+    Route("/report", report),
+    Route("/users/{user_id}", user),
+])

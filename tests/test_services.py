@@ -1,0 +1,101 @@
+"""Real services under ``loopwatch run``: uvicorn (its default loop, uvloop) and aiohttp,
+on 127.0.0.1, driven by a real HTTP client. Each block names the request it ran for."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+pytest.importorskip("aiohttp")
+
+SERVICES = Path(__file__).parent / "data" / "services"
+ROUNDS = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _serve_and_load(tmp_path: Path, *command: str, port: int) -> dict[str, object]:
+    """Run the service under loopwatch, send ROUNDS rounds of requests, stop it: the report."""
+    out = tmp_path / "out.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loopwatch", "run", "--quiet", "--threshold", "0.05",
+         "--json", str(out), *command],
+        cwd=SERVICES, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(SERVICES)),
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    client.get("/fast")
+                    break
+                except httpx.TransportError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError(process.communicate()[1]) from None
+                    time.sleep(0.1)
+            for round_ in range(ROUNDS):
+                for path in ("/fast", "/report", f"/users/{round_}"):
+                    assert client.get(path).status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert out.exists(), stderr
+    return json.loads(out.read_text())  # type: ignore[no-any-return]
+
+
+def _where(report: dict[str, object]) -> collections.Counter[tuple[str, str | None]]:
+    blocks = report["blocks"]
+    assert isinstance(blocks, list)
+    return collections.Counter(
+        (os.path.basename(block["site"] or "?"), block["request"]) for block in blocks
+    )
+
+
+def _line(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def test_uvicorn_default_loop_blocks_name_their_request(tmp_path: Path) -> None:
+    """uvicorn's own loop choice (uvloop here): every block, at its line, with its route."""
+    port = _free_port()
+    report = _serve_and_load(
+        tmp_path, "-m", "uvicorn", "asgi_app:app", "--host", "127.0.0.1", "--port", str(port),
+        "--log-level", "warning", port=port,
+    )
+    app = SERVICES / "asgi_app.py"
+    assert _where(report) == {
+        (f"asgi_app.py:{_line(app, 'blocks: waiting')}", "GET /report"): ROUNDS,
+        (f"asgi_app.py:{_line(app, 'blocks: computing')}", "GET /users/{user_id}"): ROUNDS,
+    }
+    assert {b["resolution"] for b in report["blocks"]} == {"heartbeat"}  # type: ignore[union-attr]
+
+
+def test_aiohttp_blocks_name_their_request(tmp_path: Path) -> None:
+    """python -m aiohttp.web under loopwatch run (its options after -m are its own)."""
+    port = _free_port()
+    report = _serve_and_load(
+        tmp_path, "-m", "aiohttp.web", "-H", "127.0.0.1", "-P", str(port), "aiohttp_app:init",
+        port=port,
+    )
+    app = SERVICES / "aiohttp_app.py"
+    assert _where(report) == {
+        (f"aiohttp_app.py:{_line(app, 'blocks: waiting')}", "GET /report"): ROUNDS,
+        (f"aiohttp_app.py:{_line(app, 'for a user')}", "GET /users/{user_id}"): ROUNDS,
+    }
