@@ -14,8 +14,6 @@ pytest does for every run, to find the plugin) costs next to nothing.
 
 import sys as _sys
 from importlib import import_module as _import_module
-from importlib.metadata import PackageNotFoundError as _NotInstalled
-from importlib.metadata import version as _version
 from types import ModuleType as _ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +25,6 @@ if TYPE_CHECKING:
     from loopwatch.requests import request
     from loopwatch.session import Session, run, watch
     from loopwatch.sinks import Sink
-
-try:
-    __version__ = _version("loopwatch")
-except _NotInstalled:  # running from a source tree that is not installed
-    __version__ = "0.0.0"
 
 _HOMES = {
     "Block": "loopwatch.model",
@@ -90,7 +83,20 @@ class _Package(_ModuleType):
 _sys.modules[__name__].__class__ = _Package
 
 
+def _installed_version() -> str:
+    # importlib.metadata takes tens of milliseconds to import: only when asked
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loopwatch")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0.0.0"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value = globals()["__version__"] = _installed_version()
+        return value
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'loopwatch' has no attribute {name!r}")

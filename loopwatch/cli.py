@@ -190,7 +190,9 @@ def _run(args: argparse.Namespace) -> int:
         raise _UsageError("run needs a script (run script.py) or a module (run -m module)")
     options: dict[str, Any] = {"threshold": args.threshold, "deadman": args.deadman,
                                "sample_interval": args.sample_interval, "mode": args.mode,
-                               "precise": args.precise, "profile": args.profile}
+                               "precise": args.precise, "profile": args.profile,
+                               # the worker processes a service starts are watched too
+                               "subprocesses": True}
     try:
         session = watch(**options)
     except ConfigError as error:

@@ -386,34 +386,41 @@ def _sites_table(report: Report, limit: int) -> RenderableType:
 
 def _loops(report: Report) -> list[RenderableType]:
     out: list[RenderableType] = []
-    for stats in report.loops:
-        head = Text()
-        head.append(stats.loop, style="bold")
-        head.append(f": {_plural(stats.blocks, 'block')} in {stats.watched:,.1f} s watched")
-        if stats.resolution == "heartbeat":
-            head.append(" (heartbeat resolution)", style="dim")
-        facts = Text()
-        if _busy_measured(stats):
-            facts.append(f"busy {_percent(stats.busy_fraction)}")
-        if stats.worst_window is not None:
-            facts.append(", worst 1 s window " if facts else "worst 1 s window ")
-            facts.append(_percent(stats.worst_window), style="bold red" if stats.saturated else "")
-        lags = [f"{name} {duration(value)}" for name, value in
-                (("p50", stats.lag_p50), ("p99", stats.lag_p99), ("max", stats.lag_max))
-                if value is not None]
-        if lags:
-            facts.append((", lag " if facts else "lag ") + ", ".join(lags))
-        lines: list[RenderableType] = [head]
-        if facts:
-            lines.append(Padding(facts, (0, 0, 0, _INDENT)))
-        if stats.saturated and _busy_measured(stats):
-            lines.append(Padding(Text(
-                f"! busier than {stats.SATURATED:.0%} in some second: past that, latency climbs "
-                "fast. Move work off the loop, or spread it over more processes.",
-                style="bold red",
-            ), (0, 0, 0, _INDENT)))
-        out.append(Padding(Group(*lines), (0, 0, 0, 2)))
+    groups = report.loops_by_process()
+    for pid, loops in groups:
+        if len(groups) > 1:
+            out.append(Text(f"process {pid}" if pid is not None else "process ?", style="bold"))
+        out.extend(_loop(stats) for stats in loops)
     return out
+
+
+def _loop(stats: LoopStats) -> RenderableType:
+    head = Text()
+    head.append(stats.loop, style="bold")
+    head.append(f": {_plural(stats.blocks, 'block')} in {stats.watched:,.1f} s watched")
+    if stats.resolution == "heartbeat":
+        head.append(" (heartbeat resolution)", style="dim")
+    facts = Text()
+    if _busy_measured(stats):
+        facts.append(f"busy {_percent(stats.busy_fraction)}")
+    if stats.worst_window is not None:
+        facts.append(", worst 1 s window " if facts else "worst 1 s window ")
+        facts.append(_percent(stats.worst_window), style="bold red" if stats.saturated else "")
+    lags = [f"{name} {duration(value)}" for name, value in
+            (("p50", stats.lag_p50), ("p99", stats.lag_p99), ("max", stats.lag_max))
+            if value is not None]
+    if lags:
+        facts.append((", lag " if facts else "lag ") + ", ".join(lags))
+    lines: list[RenderableType] = [head]
+    if facts:
+        lines.append(Padding(facts, (0, 0, 0, _INDENT)))
+    if stats.saturated and _busy_measured(stats):
+        lines.append(Padding(Text(
+            f"! busier than {stats.SATURATED:.0%} in some second: past that, latency climbs "
+            "fast. Move work off the loop, or spread it over more processes.",
+            style="bold red",
+        ), (0, 0, 0, _INDENT)))
+    return Padding(Group(*lines), (0, 0, 0, 2))
 
 
 def _functions_table(functions: Sequence[FunctionStat], limit: int) -> RenderableType:

@@ -10,7 +10,7 @@ import json
 import math
 import random
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from os import PathLike
 from typing import Any, Literal, TypeVar
@@ -139,6 +139,8 @@ class Block:
     """Qualified name of that task's coroutine."""
     request: str | None = None
     """The request the task was serving (``GET /users/{id}``), where known."""
+    pid: int | None = None
+    """The process the loop ran in."""
     callback: str | None = None
     """The callback being run, when known (precise mode)."""
     samples: int = 0
@@ -221,6 +223,11 @@ class Site(_Plain):
     requests: tuple[str, ...] = ()
     """The requests whose blocks were at this site, most blocks first (at most five)."""
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Site:
+        site = super().from_dict(data)
+        return replace(site, requests=tuple(site.requests))
+
 
 
 @dataclass(frozen=True)
@@ -248,6 +255,8 @@ class LoopStats(_Plain):
     lag_p95: float | None = None
     lag_p99: float | None = None
     lag_max: float | None = None
+    pid: int | None = None
+    """The process the loop ran in."""
 
     #: Busier than this in any window, and latency climbs fast.
     SATURATED = 0.3
@@ -298,6 +307,13 @@ class Report:
         if any(site.block_total for site in self.sites):
             return blocked_total(self.sites)
         return sum(site.total for site in self.sites) or sum(b.duration for b in self.blocks)
+
+    def loops_by_process(self) -> list[tuple[int | None, tuple[LoopStats, ...]]]:
+        """The loops grouped by the process they ran in, in the order processes first appear."""
+        groups: dict[int | None, list[LoopStats]] = {}
+        for stats in self.loops:
+            groups.setdefault(stats.pid, []).append(stats)
+        return [(pid, tuple(loops)) for pid, loops in groups.items()]
 
     def worst(self, n: int = 5) -> list[Block]:
         """The n longest blocks, longest first."""
@@ -548,6 +564,57 @@ def blocked_total(sites: Iterable[Site]) -> float:
     0.2
     """
     return sum(site.block_total for site in sites)
+
+
+def merge_sites(groups: Iterable[Iterable[Site]]) -> tuple[Site, ...]:
+    """Several processes' sites as one table, sorted by total time (largest first).
+
+    Counts and times add up and ``max`` is the largest; each process kept its
+    own sample of durations, so ``p95`` is the largest of theirs (an upper bound).
+
+    >>> a = Site("app.py:3", "f", 2, 0.4, 0.3, 0.3, 1.0, "cpu", "", blocks=2, block_total=0.4)
+    >>> b = Site("app.py:3", "f", 1, 0.2, 0.2, 0.2, 0.0, "wait", "", blocks=1, block_total=0.2)
+    >>> (merged,) = merge_sites([[a], [b]])
+    >>> merged.count, round(merged.total, 1), round(merged.cpu_ratio, 2), merged.kind
+    (3, 0.6, 0.67, 'mixed')
+    """
+    by_site: dict[str, list[Site]] = {}
+    for group in groups:
+        for site in group:
+            by_site.setdefault(site.site, []).append(site)
+    merged = [parts[0] if len(parts) == 1 else _merged(parts) for parts in by_site.values()]
+    return tuple(sorted(merged, key=lambda s: -s.total))
+
+
+def _weighted(parts: list[Site], value: Callable[[Site], float | None]) -> float | None:
+    known = [(v, p.total) for p in parts if (v := value(p)) is not None]
+    weight = sum(w for _, w in known)
+    return sum(v * w for v, w in known) / weight if known and weight > 0 else None
+
+
+def _merged(parts: list[Site]) -> Site:
+    total = sum(p.total for p in parts)
+    ratio = _weighted(parts, lambda p: p.cpu_ratio)
+    gil = _weighted(parts, lambda p: p.gil_held)
+    gc_time = sum(p.gc_time for p in parts)
+    kind = classify(ratio)
+    requests = dict.fromkeys(r for p in parts for r in p.requests)
+    return Site(
+        site=parts[0].site,
+        function=parts[0].function,
+        count=sum(p.count for p in parts),
+        total=total,
+        max=max(p.max for p in parts),
+        p95=max(p.p95 for p in parts),
+        cpu_ratio=ratio,
+        kind=kind,
+        advice=advise(kind, gil, gc_time > 0.5 * total),
+        gil_held=gil,
+        gc_time=gc_time,
+        blocks=sum(p.blocks for p in parts),
+        block_total=sum(p.block_total for p in parts),
+        requests=tuple(requests)[:5],
+    )
 
 
 def aggregate_sites(blocks: Iterable[Block]) -> tuple[Site, ...]:

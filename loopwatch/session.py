@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from loopwatch._children import Children, announce, became_child, with_children, withdraw
 from loopwatch._core.dispatch import DISPATCHER
 from loopwatch._core.dispatch import MAX_PENDING as DISPATCHER_LIMIT
 from loopwatch._core.findings import Found, Listener
@@ -73,6 +74,12 @@ class Session:
         self._dropped = 0
         self._running = False
         self._log_handler: logging.Handler | None = None
+        #: with subprocesses=True: what the worker processes wrote, and the variable
+        #: that told them where (restored when this session stops)
+        self._children: Children | None = None
+        self._children_env: tuple[str | None] | None = None
+        #: in a watched worker process: called when one of its loops stops running
+        self._on_run_end: Callable[[], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -89,6 +96,8 @@ class Session:
             self._log_handler = logging.StreamHandler()
             self._log_handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
             block_logger.addHandler(self._log_handler)
+        if self.config.subprocesses:
+            self._announce_to_children()
         DISPATCHER.acquire()
         for sink in self.config.sinks:
             self._deliver(f"sink {type(sink).__name__}.open", sink.open, self)
@@ -102,6 +111,9 @@ class Session:
         if not self._running:
             return
         self._running = False
+        if self._children_env is not None:
+            withdraw(self._children_env[0])
+            self._children_env = None
         try:
             WATCHDOG.unsubscribe(self)
         finally:
@@ -185,7 +197,7 @@ class Session:
                 from loopwatch.profiler import Profiler
 
                 functions = Profiler.aggregate(self._blocks)
-            return Report(
+            report = Report(
                 threshold=self.config.threshold,
                 functions=functions,
                 blocks=tuple(self._blocks),
@@ -198,6 +210,37 @@ class Session:
                     else ()
                 ),
             )
+        if self._children is not None:
+            report = with_children(report, self._children.read(), self.config.max_blocks)
+        return report
+
+    # -- worker processes -------------------------------------------------------
+
+    def _announce_to_children(self) -> None:
+        announced = announce(self.config)
+        if announced is None:
+            return  # this process is itself a watched child: its children write there too
+        folder, previous = announced
+        self._children = Children(folder)
+        self._children_env = (previous,)
+        # The folder outlives stop(): the report is read after. It goes with the session.
+        weakref.finalize(self, self._children.remove)
+
+    def forget_findings(self, listener: Listener) -> None:
+        """In a forked child: what was found belongs to the parent; ``listener`` hears the rest.
+
+        Sinks, callbacks and the children's folder stay the parent's.
+        """
+        with self._lock:
+            self._blocks.clear()
+            self._sites = SiteTable()
+            self._loops.clear()
+            self._events.clear()
+            self._events_dropped = self._dropped = 0
+        self._listeners = [listener]
+        self._children = None
+        self._on_run_end = None
+        self._children_env = None
 
     # -- called by the watchdog -----------------------------------------------
 
@@ -268,6 +311,10 @@ class Session:
             if stats.loop in self._loops or len(self._loops) < _MAX_LOOPS:
                 self._loops[stats.loop] = stats
 
+    def loop_run_ended(self) -> None:
+        if self._on_run_end is not None:
+            self._on_run_end()
+
     def receive_event(self, message: str) -> None:
         with self._lock:
             if message in self._events:
@@ -285,6 +332,8 @@ def _reset_locks_after_fork() -> None:
     # data are whole.
     for session in list(_SESSIONS):
         session._lock = threading.Lock()
+        if session.running and session.config.subprocesses:
+            became_child(session)
 
 
 if hasattr(os, "register_at_fork"):  # POSIX

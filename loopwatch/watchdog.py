@@ -64,6 +64,9 @@ class Subscriber(Protocol):
 
     def receive_cut(self, cut: Cut) -> None: ...
 
+    def loop_run_ended(self) -> None:
+        """A loop's run_forever returned (called in that loop's thread)."""
+
 
 #: Seconds between looks for loops that were already running (new runs are patched).
 _SCAN_EVERY = 1.0
@@ -284,6 +287,11 @@ class Watchdog:
             probe = self._loops.get(loop)
             if probe is not None:
                 probe.run_ended()
+            for subscriber in list(self._subscribers):
+                try:
+                    subscriber.loop_run_ended()
+                except Exception:
+                    log_once("run-end-subscriber", "a loopwatch session failed at a loop's end")
 
     # -- fork -----------------------------------------------------------------
 

@@ -166,7 +166,13 @@ def choose_site(
 
 
 def block(
-    observed: Observed, *, block_id: int, loop: str, user_code: UserCode, wall_offset: float
+    observed: Observed,
+    *,
+    block_id: int,
+    loop: str,
+    user_code: UserCode,
+    wall_offset: float,
+    pid: int | None = None,
 ) -> Block:
     """The :class:`Block` for an iteration over the threshold."""
     ratio = cpu_ratio(
@@ -190,6 +196,7 @@ def block(
         task=observed.task,
         coroutine=observed.coroutine,
         request=observed.request,
+        pid=pid,
         callback=observed.callback,
         samples=sum(observed.stacks.values()) + len(observed.dumps),
         # a pathological iteration (hours long) must not make an endless list

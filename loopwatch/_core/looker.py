@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -341,6 +342,7 @@ class Looker:
             loop=probe.label,
             user_code=self.user_code,
             wall_offset=WALL_OFFSET,
+            pid=os.getpid(),  # read each time: a forked child is another process
         )
         self._on_block(Found(block, start, end))
 
@@ -393,4 +395,5 @@ class Looker:
             lag_p95=percentile(lags, 95) if lags else None,
             lag_p99=percentile(lags, 99) if lags else None,
             lag_max=lags[-1] if lags else None,
+            pid=os.getpid(),
         )
