@@ -54,6 +54,8 @@ class Watched(Protocol):
 
     def stop(self) -> None: ...
 
+    def running_loops(self) -> tuple[LoopStats, ...]: ...
+
     def report(self) -> Report: ...
 
     def forget_findings(self, listener: Listener) -> None: ...
@@ -104,7 +106,8 @@ class ChildReport:
     """From its last summary; None if it never wrote one."""
     summarized: int = 0
     """How many of ``blocks`` the last summary's sites include."""
-    loops: tuple[LoopStats, ...] = ()
+    loops: dict[str, LoopStats] = field(default_factory=dict)
+    """By name: from the last summary, updated by the blocks written after it."""
     events: tuple[str, ...] = ()
     ended: bool = False
     """It exited normally and wrote its ``end``."""
@@ -184,7 +187,7 @@ def with_children(report: Report, children: list[ChildReport], max_blocks: int) 
         blocks=tuple(kept),
         dropped_blocks=report.dropped_blocks + len(blocks) - len(kept),
         sites=sites,
-        loops=report.loops + tuple(stats for c in children for stats in c.loops),
+        loops=report.loops + tuple(stats for c in children for stats in c.loops.values()),
         events=tuple(dict.fromkeys(events)),
     )
 
@@ -215,14 +218,19 @@ def _take(report: ChildReport, entry: dict[str, Any]) -> None:
         report.argv = [str(a) for a in entry.get("argv", ())]
     elif kind == "block":
         report.blocks.append(_in_process(Block.from_dict(entry["block"]), report.pid))
+        if "loop" in entry:  # its loop's statistics as the block was found
+            stats = LoopStats.from_dict(entry["loop"])
+            report.loops[_named(stats.loop, report.pid)] = replace(
+                stats, loop=_named(stats.loop, report.pid)
+            )
     elif kind in ("summary", "end"):
         report.ended = kind == "end"
         report.summarized = len(report.blocks)
         report.sites = tuple(Site.from_dict(s) for s in entry.get("sites", ()))
-        report.loops = tuple(
-            replace(stats, loop=_named(stats.loop, report.pid))
+        report.loops = {
+            _named(stats.loop, report.pid): replace(stats, loop=_named(stats.loop, report.pid))
             for stats in (LoopStats.from_dict(s) for s in entry.get("loops", ()))
-        )
+        }
         report.events = tuple(str(e) for e in entry.get("events", ()))
 
 
@@ -346,8 +354,18 @@ class _Writer:
         session._on_run_end = self.summary
 
     def block(self, found: Found) -> None:
-        """In the watchdog's thread: the block now, the summary soon, from the sinks thread."""
-        self._write({"kind": "block", "block": found.block.to_dict()})
+        """In the watchdog's thread: the block now, the summary soon, from the sinks thread.
+
+        The block's loop statistics go with it: a worker that a signal ends
+        before the summary (uvicorn's re-raise its SIGTERM) still has its loop.
+        """
+        entry: dict[str, Any] = {"kind": "block", "block": found.block.to_dict()}
+        session = self.session
+        if session is not None:
+            for stats in session.running_loops():
+                if stats.loop == found.block.loop:
+                    entry["loop"] = stats.to_dict()
+        self._write(entry)
         if not self._summary_due:
             self._summary_due = True
             DISPATCHER.submit(self, "worker process summary", self._summary_soon)

@@ -30,8 +30,13 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _serve_and_load(tmp_path: Path, *command: str, port: int) -> dict[str, object]:
-    """Run the service under loopwatch, send ROUNDS rounds of requests, stop it: the report."""
+def _serve_and_load(
+    tmp_path: Path, *command: str, port: int, served: list[tuple[str, str]] | None = None
+) -> dict[str, object]:
+    """Run the service under loopwatch, send ROUNDS rounds of requests, stop it: the report.
+
+    ``served`` gets (route, response body) of each blocking request.
+    """
     out = tmp_path / "out.json"
     process = subprocess.Popen(
         [sys.executable, "-m", "loopwatch", "run", "--quiet", "--threshold", "0.05",
@@ -51,8 +56,13 @@ def _serve_and_load(tmp_path: Path, *command: str, port: int) -> dict[str, objec
                         raise AssertionError(process.communicate()[1]) from None
                     time.sleep(0.1)
             for round_ in range(ROUNDS):
-                for path in ("/fast", "/report", f"/users/{round_}"):
-                    assert client.get(path).status_code == 200
+                for path, route in (("/fast", None), ("/report", "GET /report"),
+                                    (f"/users/{round_}", "GET /users/{user_id}")):
+                    # a new connection each time: with --workers, each may go to any worker
+                    response = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=30)
+                    assert response.status_code == 200
+                    if route is not None and served is not None:
+                        served.append((route, response.text))
     finally:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
@@ -85,6 +95,27 @@ def test_uvicorn_default_loop_blocks_name_their_request(tmp_path: Path) -> None:
         (f"asgi_app.py:{_line(app, 'blocks: computing')}", "GET /users/{user_id}"): ROUNDS,
     }
     assert {b["resolution"] for b in report["blocks"]} == {"heartbeat"}  # type: ignore[union-attr]
+
+
+def test_uvicorn_workers_blocks_carry_the_worker_pid(tmp_path: Path) -> None:
+    """--workers 2: every block is found, with its route and the pid of the worker that
+    served it (each response says which); the loops are the workers'."""
+    port = _free_port()
+    served: list[tuple[str, str]] = []
+    report = _serve_and_load(
+        tmp_path, "-m", "uvicorn", "asgi_app:app", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "2", "--log-level", "warning", port=port, served=served,
+    )
+    blocks = report["blocks"]
+    assert isinstance(blocks, list)
+    # a worker's start-up may block too (it imports the app in its loop): not a request's
+    in_app = [b for b in blocks if "asgi_app.py" in (b["site"] or "")]
+    assert collections.Counter((b["request"], str(b["pid"])) for b in in_app) == (
+        collections.Counter(served)
+    ), [(b["site"], b["request"], b["duration"]) for b in blocks]
+    workers = {pid for _, pid in served}
+    assert {str(stats["pid"]) for stats in report["loops"]} >= workers  # type: ignore[union-attr]
+    assert any(e.startswith("worker processes watched: ") for e in report["events"])
 
 
 def test_aiohttp_blocks_name_their_request(tmp_path: Path) -> None:

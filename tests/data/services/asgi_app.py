@@ -1,6 +1,10 @@
-"""A small Starlette service: one route awaits, two block the loop (waiting, computing)."""
+"""A small Starlette service: one route awaits, two block the loop (waiting, computing).
+
+Each answers with the pid of the process that served it (for --workers runs).
+"""
 
 import asyncio
+import os
 import time
 
 from starlette.applications import Starlette
@@ -10,18 +14,18 @@ from starlette.routing import Route
 
 async def fast(request):
     await asyncio.sleep(0.001)
-    return PlainTextResponse("ok")
+    return PlainTextResponse(str(os.getpid()))
 
 
 async def report(request):
     time.sleep(0.12)  # blocks: waiting
-    return PlainTextResponse("report")
+    return PlainTextResponse(str(os.getpid()))
 
 
 async def user(request):
     deadline = time.thread_time() + 0.12
     while time.thread_time() < deadline: pass  # noqa: E701  (blocks: computing)
-    return PlainTextResponse(request.path_params["user_id"])
+    return PlainTextResponse(str(os.getpid()))
 
 
 app = Starlette(routes=[
