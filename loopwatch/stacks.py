@@ -36,18 +36,18 @@ _DEMO = _OWN + "demo.py"
 
 
 def to_frames(raw: RawStack) -> tuple[Frame, ...]:
-    """Frames, innermost last, without loopwatch's own innermost ones.
+    """Frames, innermost last, without loopwatch's own.
 
     A sample can land inside loopwatch (its garbage-collection callback runs
-    in whatever thread collects): that is not what the program was doing.
+    in whatever thread collects), and loopwatch's wrappers sit in the stack
+    (the patched ``run_forever``, ``loopwatch run``, an inline ``offload``):
+    none of that is what the program was doing.
     """
-    end = len(raw)
-    while end > 0:
-        filename = raw[end - 1][0].co_filename
-        if not filename.startswith(_OWN) or filename == _DEMO:
-            break
-        end -= 1
-    return tuple(Frame(code.co_filename, line or 0, code.co_name) for code, line in raw[:end])
+    return tuple(
+        Frame(code.co_filename, line or 0, code.co_name)
+        for code, line in raw
+        if not code.co_filename.startswith(_OWN) or code.co_filename == _DEMO
+    )
 
 
 def _library_roots() -> tuple[str, ...]:
