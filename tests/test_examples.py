@@ -86,6 +86,24 @@ def test_web_service_demo(tmp_path: Path) -> None:
     assert "GET /health: " in fixed and "POST /login: 3 requests" in fixed, explain(result)
 
 
+def test_asgi_service_demo(tmp_path: Path) -> None:
+    """uvicorn --workers 2 under loopwatch run: both blocking lines with their routes and
+    worker pids in the blocking phase; none in the fixed one."""
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("starlette")
+    app = EXAMPLES / "asgi_service" / "app.py"
+    result = run(EXAMPLES / "asgi_service" / "demo.py", "--requests", "2", cwd=tmp_path)
+    # demo.py itself exits 1 unless the two routes blocked in phase 1 and none in phase 2
+    assert result.returncode == 0, explain(result)
+    blocking, fixed = result.stdout.split("=== 2. fixed")
+    report_line, hash_line = line_of(app, "time.sleep(0.08)"), line_of(app, "pbkdf2_hmac")
+    assert re.search(rf"\d x GET /reports/{{day}}  at app\.py:{report_line} in fetch_report  "
+                     r"\(worker pid \d+\)", blocking), explain(result)
+    assert re.search(rf"\d x POST /login  at app\.py:{hash_line} in hash_password  "
+                     r"\(worker pid \d+\)", blocking), explain(result)
+    assert "no block over 50 ms in the service's handlers" in fixed, explain(result)
+
+
 def test_web_service_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     """service.py answers real HTTP requests, logs the blocking login, and stops cleanly."""
     service = EXAMPLES / "web_service" / "service.py"
