@@ -23,10 +23,11 @@ import time
 from types import FrameType
 from typing import Protocol
 
-from loopwatch import _precise
+from loopwatch import _precise, traces
 from loopwatch._core.assemble import Cut as Cut  # re-exported: sessions and tests take it from here
 from loopwatch._core.assemble import Reading
 from loopwatch._core.deadman import Deadman
+from loopwatch._core.dispatch import DISPATCHER
 from loopwatch._core.findings import Found, Listener
 from loopwatch._core.forking import FORK_WAIT
 from loopwatch._core.gctimer import GcTimer
@@ -456,6 +457,9 @@ class Watchdog:
                     log_once("sink-cut", "a loopwatch session failed to record a slow iteration")
 
     def _dispatch(self, found: Found) -> None:
+        if found.span is not None:
+            # Exporters may send a span as it ends: not in the watchdog's thread.
+            DISPATCHER.submit(self, "OpenTelemetry trace", traces.record, found.span, found.block)
         duration = found.block.duration
         for subscriber in list(self._subscribers):
             if duration > subscriber.config.threshold and found.end > subscriber.started:

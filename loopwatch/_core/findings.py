@@ -9,7 +9,8 @@ that no listener has to work them back out of the block's wall-clock fields.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from loopwatch.model import Block
 
@@ -23,6 +24,8 @@ class Found:
     start: float
     #: when it ended, on the same clock
     end: float
+    #: the OpenTelemetry span active in the blocked task, if any (see loopwatch.traces)
+    span: Any = field(default=None, compare=False, repr=False)
 
 
 #: Called (in the watchdog's thread, so it must be quick) for each block found.

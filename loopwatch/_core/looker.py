@@ -34,6 +34,7 @@ from loopwatch.model import Frame, FunctionStat, LoopStats, percentile
 from loopwatch.probe import Probe, SelectorProbe
 from loopwatch.requests import request_of
 from loopwatch.stacks import RawStack, UserCode, capture, to_frames
+from loopwatch.traces import span_of
 
 WALL_OFFSET = time.time() - time.monotonic()
 """Add to a time.monotonic() reading (the loop's clock) to get wall-clock time."""
@@ -146,7 +147,7 @@ class Looker:
             wd.before = wd.last
             wd.seen_start = start
             wd.samples = Counter()
-            wd.task = wd.coroutine = wd.request = None
+            wd.task = wd.coroutine = wd.request = wd.span = None
             wd.queued_from = None
             wd.wakes = 1 if start else 0
             wd.late_wakes = 1 if start and late > LATE else 0
@@ -195,6 +196,7 @@ class Looker:
                 coro = task.get_coro()
                 wd.coroutine = getattr(coro, "__qualname__", None) or repr(coro)
                 wd.request = request_of(task)
+                wd.span = span_of(task)
         return True
 
     def finish_ended(self, probe: Probe, settings: Settings) -> None:
@@ -344,7 +346,8 @@ class Looker:
             wall_offset=WALL_OFFSET,
             pid=os.getpid(),  # read each time: a forked child is another process
         )
-        self._on_block(Found(block, start, end))
+        span, wd.span = (wd.span if seen else None), None
+        self._on_block(Found(block, start, end, span))
 
     def _functions(self, tag: int) -> tuple[FunctionStat, ...]:
         profiler = self.profiler

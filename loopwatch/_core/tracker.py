@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from loopwatch._core.assemble import Clock, Reading
 from loopwatch.model import Frame
@@ -84,6 +85,8 @@ class Tracking:
     coroutine: str | None = None
     #: the request the task served ("GET /users/{id}"), as a string only
     request: str | None = None
+    #: the task's OpenTelemetry span, held until the block is handed on
+    span: Any = None
     dumps: list[tuple[float, tuple[Frame, ...], int]] = field(default_factory=list)
     blocks: int = 0
     done: float = -1.0
