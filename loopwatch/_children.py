@@ -136,6 +136,7 @@ class Children:
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
+        self._owner = os.getpid()
 
     def read(self) -> list[ChildReport]:
         reports = []
@@ -151,7 +152,10 @@ class Children:
         return reports
 
     def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the folder: in the parent only (a forked worker inherits this object, and
+        its exit handlers run when it exits normally, as gunicorn's workers do)."""
+        if os.getpid() == self._owner:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def with_children(report: Report, children: list[ChildReport], max_blocks: int) -> Report:

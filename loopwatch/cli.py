@@ -208,7 +208,12 @@ def _run(args: argparse.Namespace) -> int:
         target = os.path.abspath(target)
     _check_outputs(args)
 
+    pid = os.getpid()
     status = _execute(session, target, script_args, is_module=args.module is not None)
+    if os.getpid() != pid:
+        # A forked worker (gunicorn's) returning through the program's main: its
+        # findings went to this process's parent, which reports for everyone.
+        return status
     report = session.report()
     if not args.quiet:
         print_report(report, file=sys.stderr)

@@ -31,7 +31,8 @@ def _free_port() -> int:
 
 
 def _serve_and_load(
-    tmp_path: Path, *command: str, port: int, served: list[tuple[str, str]] | None = None
+    tmp_path: Path, *command: str, port: int, served: list[tuple[str, str]] | None = None,
+    quiet: bool = True,
 ) -> dict[str, object]:
     """Run the service under loopwatch, send ROUNDS rounds of requests, stop it: the report.
 
@@ -39,8 +40,8 @@ def _serve_and_load(
     """
     out = tmp_path / "out.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "loopwatch", "run", "--quiet", "--threshold", "0.05",
-         "--json", str(out), *command],
+        [sys.executable, "-m", "loopwatch", "run", *(["--quiet"] if quiet else []),
+         "--threshold", "0.05", "--json", str(out), *command],
         cwd=SERVICES, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, PYTHONPATH=str(SERVICES)),
     )
@@ -67,7 +68,9 @@ def _serve_and_load(
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     assert out.exists(), stderr
-    return json.loads(out.read_text())  # type: ignore[no-any-return]
+    report: dict[str, object] = json.loads(out.read_text())
+    report["stderr"] = stderr
+    return report
 
 
 def _where(report: dict[str, object]) -> collections.Counter[tuple[str, str | None]]:
@@ -136,3 +139,33 @@ def test_aiohttp_blocks_name_their_request(tmp_path: Path) -> None:
         (f"aiohttp_app.py:{_line(app, 'blocks: waiting')}", "GET /report"): ROUNDS,
         (f"aiohttp_app.py:{_line(app, 'for a user')}", "GET /users/{user_id}"): ROUNDS,
     }
+
+
+@pytest.mark.parametrize("server", ["gunicorn", "hypercorn"])
+def test_other_servers_workers(tmp_path: Path, server: str) -> None:
+    """gunicorn forks its workers, hypercorn spawns them: every block, with its route,
+    from the worker that served it, and one report (a forked worker returning through
+    the program's main does not print or write one of its own)."""
+    pytest.importorskip(server)
+    port = _free_port()
+    if server == "gunicorn":
+        command = ("-m", "gunicorn", "aiohttp_app:app()", "-b", f"127.0.0.1:{port}", "-w", "2",
+                   "-k", "aiohttp.GunicornWebWorker", "--log-level", "warning")
+        app = SERVICES / "aiohttp_app.py"
+        lines = {"GET /report": _line(app, "blocks: waiting"),
+                 "GET /users/{user_id}": _line(app, "for a user")}
+    else:
+        command = ("-m", "hypercorn", "asgi_app:app", "-b", f"127.0.0.1:{port}", "-w", "2")
+        app = SERVICES / "asgi_app.py"
+        lines = {"GET /report": _line(app, "blocks: waiting"),
+                 "GET /users/{user_id}": _line(app, "blocks: computing")}
+    report = _serve_and_load(tmp_path, *command, port=port, quiet=False)
+    summaries = [line for line in str(report["stderr"]).splitlines()
+                 if line.startswith("loopwatch: ")]
+    assert len(summaries) == 1, summaries
+    assert _where(report) == {
+        (f"{app.name}:{line}", request): ROUNDS for request, line in lines.items()
+    }
+    pids = {b["pid"] for b in report["blocks"]}  # type: ignore[union-attr]
+    assert os.getpid() not in pids
+    assert any(e.startswith("worker processes watched: ") for e in report["events"])

@@ -21,9 +21,14 @@ async def user(request):
     return web.Response(text=request.match_info["user_id"])
 
 
-def init(argv):
+def init(argv=None):
     app = web.Application()
     app.router.add_get("/fast", fast)
     app.router.add_get("/report", report)
     app.router.add_get("/users/{user_id}", user)
     return app
+
+
+def app():
+    """For gunicorn's aiohttp worker: ``gunicorn 'aiohttp_app:app()'``."""
+    return init()
