@@ -63,7 +63,10 @@ _LAG_DOC = (
     "99th percentile of the loop's lag, seconds: how late a callback scheduled from "
     "another thread ran (recent heartbeats)."
 )
-_BLOCKS_DOC = "Event-loop blocks (iterations busy longer than the threshold), per site and kind."
+_BLOCKS_DOC = (
+    "Event-loop blocks (iterations busy longer than the threshold), per site, kind and "
+    "route (the request's route template; empty outside a request)."
+)
 
 _PROMETHEUS_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
@@ -139,6 +142,8 @@ class _Shared:
         self.settings = settings
         self.sites = _Fold(max_sites)
         self.loops = _Fold(max_loops)
+        #: request labels are capped where they are made too; routes share the sites' cap
+        self.routes = _Fold(max_sites)
         self._lock = threading.Lock()
         self._sessions: dict[WatchedSession, int] = {}
 
@@ -245,7 +250,7 @@ class _PrometheusSet(_Shared):
             )
             made.append(self.histogram)
             self.blocks = client.Counter(
-                f"{prefix}blocks", _BLOCKS_DOC, ["site", "kind"], registry=registry
+                f"{prefix}blocks", _BLOCKS_DOC, ["site", "kind", "route"], registry=registry
             )
             made.append(self.blocks)
             collector = _LoopCollector(self)
@@ -385,7 +390,8 @@ class PrometheusSink(_SharedSink):
     def block(self, block: Block) -> None:
         shared = self._set
         site = shared.sites(block.site or UNKNOWN_SITE)
-        shared.blocks.labels(site=site, kind=block.kind).inc()
+        route = shared.routes(block.request or "")
+        shared.blocks.labels(site=site, kind=block.kind, route=route).inc()
 
     def slow_iteration(self, loop: str, duration: float, site: str | None, blocked: bool) -> None:
         shared = self._set
@@ -524,7 +530,8 @@ class OpenTelemetrySink(_SharedSink):
     def block(self, block: Block) -> None:
         shared = self._set
         site = shared.sites(block.site or UNKNOWN_SITE)
-        shared.blocks.add(1, {"site": site, "kind": block.kind})
+        route = shared.routes(block.request or "")
+        shared.blocks.add(1, {"site": site, "kind": block.kind, "route": route})
 
     def slow_iteration(self, loop: str, duration: float, site: str | None, blocked: bool) -> None:
         shared = self._set

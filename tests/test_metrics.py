@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -113,15 +114,23 @@ def test_prometheus_scrape_has_histogram_blocks_and_busy_gauge(registry: Any) ->
     assert below <= count - 1  # the block is over 100 ms
 
     assert registry.get_sample_value(
-        "loopwatch_blocks_total", {"site": block.site, "kind": block.kind}
-    ) == 1
+        "loopwatch_blocks_total", {"site": block.site, "kind": block.kind, "route": ""}
+    ) == 1  # no request: an empty route
 
     assert loop in gauges, gauges
     assert 0.0 <= gauges[loop] <= 1.0
     # after watch() the loop gauges go (nothing watches the loop); totals stay
     assert busy_gauges(registry) == {}
     assert registry.get_sample_value("loopwatch_blocks_total", {
-        "site": block.site, "kind": block.kind}) == 1
+        "site": block.site, "kind": block.kind, "route": ""}) == 1
+
+
+def test_blocks_carry_their_route(registry: Any) -> None:
+    """A block that ran for a request counts under its route (capped like the sites)."""
+    sink = PrometheusSink(registry)
+    sink.block(replace(make_block("app.py:3"), request="GET /users/{id}"))
+    assert registry.get_sample_value("loopwatch_blocks_total", {
+        "site": "app.py:3", "kind": "wait", "route": "GET /users/{id}"}) == 1
 
 
 def test_prometheus_busy_gauge_is_the_latest_window(registry: Any) -> None:
@@ -183,7 +192,9 @@ def test_prometheus_sink_reused_in_a_second_session(registry: Any) -> None:
     site = marked(HERE, "block")
     kinds = {b.kind for b in first.blocks + second.blocks}
     total = sum(
-        registry.get_sample_value("loopwatch_blocks_total", {"site": site, "kind": k}) or 0
+        registry.get_sample_value(
+            "loopwatch_blocks_total", {"site": site, "kind": k, "route": ""}
+        ) or 0
         for k in kinds
     )
     assert total == 2
