@@ -12,10 +12,10 @@ workers, any ``python`` the program runs). A process forked from a watched one
 which turns into a child's at the fork (:func:`became_child`).
 
 Each child appends its findings to ``<folder>/<pid>.jsonl`` as they come, one
-JSON object a line: ``start``, then each ``block`` when it is found, a
-``summary`` (its sites and loops so far) a moment after a block (at most one a
-second) and each time one of its loops stops running, and ``end`` when it exits
-normally. Servers' workers often end by a signal (uvicorn re-raises the SIGTERM
+JSON object a line: ``start``, then each ``block`` when it is found (with its
+loop's statistics), a ``summary`` (its sites and loops so far) after it, from
+the sinks thread, and each time one of its loops stops running, and ``end``
+when it exits normally. Servers' workers often end by a signal (uvicorn re-raises the SIGTERM
 it handled, from inside the loop), which skips every exit handler: their last
 summary, and the blocks after it, are their report. A child killed on the spot
 loses only what it had not written yet. The parent reads the folder when it
@@ -33,7 +33,6 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -112,10 +111,6 @@ class ChildReport:
     ended: bool = False
     """It exited normally and wrote its ``end``."""
 
-    @property
-    def summarized_once(self) -> bool:
-        return self.sites is not None
-
     def all_sites(self) -> tuple[Site, ...]:
         """Its sites, with the blocks found after its last summary counted in."""
         late = aggregate_sites(self.blocks[self.summarized:])
@@ -172,19 +167,19 @@ def with_children(report: Report, children: list[ChildReport], max_blocks: int) 
     kept = blocks[-max_blocks:]
     sites = merge_sites([report.sites, *(c.all_sites() for c in children)])
     events = list(report.events)
-    reported = [c.pid for c in children if c.summarized_once]
-    if reported:
-        events.append(f"worker processes watched: {_pids(reported)} reported")
+    watched = [c.pid for c in children]
+    events.append(f"worker processes watched: {_pids(watched)}")
     for child in children:
-        if child.summarized_once:
-            events.extend(f"pid {child.pid}: {event}" for event in child.events)
-        elif child.alive():
-            if child.blocks:
-                events.append(f"pid {child.pid} was still running: its blocks so far are in")
+        events.extend(f"pid {child.pid}: {event}" for event in child.events)
+        if child.ended:
+            continue
+        if child.alive():
+            events.append(f"pid {child.pid} was still running: its findings so far are in")
         else:
             events.append(
-                f"pid {child.pid} ended without finishing its report (killed?): its blocks "
-                "up to then are in, its loop statistics and short slow iterations are not"
+                f"pid {child.pid} ended without finishing its report (by a signal, as "
+                "uvicorn's workers end, or killed): what it found up to its last block "
+                "is in"
             )
     return replace(
         report,
@@ -321,10 +316,6 @@ def _finish_in_multiprocessing(writer: _Writer) -> None:
         util.register_after_fork(writer, _finish_in_multiprocessing)
 
 
-#: Seconds a summary waits after a block, gathering the blocks that follow.
-_SUMMARY_EVERY = 1.0
-
-
 class _Writer:
     """Appends a child's findings to its file, a line at a time (one write each)."""
 
@@ -375,8 +366,7 @@ class _Writer:
             DISPATCHER.submit(self, "worker process summary", self._summary_soon)
 
     def _summary_soon(self) -> None:
-        time.sleep(_SUMMARY_EVERY)  # the blocks that come meanwhile share one summary
-        self._summary_due = False
+        self._summary_due = False  # blocks queued while this one is written get their own
         self.summary()
 
     def summary(self, kind: str = "summary") -> None:

@@ -96,7 +96,7 @@ def test_asgi_service_demo(tmp_path: Path) -> None:
     # demo.py itself exits 1 unless the two routes blocked in phase 1 and none in phase 2
     assert result.returncode == 0, explain(result)
     blocking, fixed = result.stdout.split("=== 2. fixed")
-    report_line, hash_line = line_of(app, "time.sleep(0.08)"), line_of(app, "pbkdf2_hmac")
+    report_line, hash_line = line_of(app, "time.sleep(0.08)"), line_of(app, "b\"salt\", ROUNDS")
     assert re.search(rf"\d x GET /reports/{{day}}  at app\.py:{report_line} in fetch_report  "
                      r"\(worker pid \d+\)", blocking), explain(result)
     assert re.search(rf"\d x POST /login  at app\.py:{hash_line} in hash_password  "
