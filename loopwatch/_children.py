@@ -110,6 +110,8 @@ class ChildReport:
     events: tuple[str, ...] = ()
     ended: bool = False
     """It exited normally and wrote its ``end``."""
+    failed: str | None = None
+    """Why it could not write its findings, if it could not."""
 
     def all_sites(self) -> tuple[Site, ...]:
         """Its sites, with the blocks found after its last summary counted in."""
@@ -134,17 +136,25 @@ class Children:
         self._owner = os.getpid()
 
     def read(self) -> list[ChildReport]:
-        reports = []
         try:
             names = sorted(os.listdir(self.folder))
         except OSError:
             return []
+        by_pid: dict[int, ChildReport] = {}
         for name in names:
             pid, _, suffix = name.partition(".")
-            if suffix != "jsonl" or not pid.isdigit():
+            if not pid.isdigit():
                 continue
-            reports.append(_read_child(int(pid), os.path.join(self.folder, name)))
-        return reports
+            path = os.path.join(self.folder, name)
+            if suffix == "jsonl":
+                read = _read_child(int(pid), path)
+                known = by_pid.get(int(pid))
+                read.failed = known.failed if known is not None else None
+                by_pid[int(pid)] = read
+            elif suffix == "failed":
+                report = by_pid.setdefault(int(pid), ChildReport(int(pid)))
+                report.failed = _read_text(path)
+        return list(by_pid.values())
 
     def remove(self) -> None:
         """Delete the folder: in the parent only (a forked worker inherits this object, and
@@ -171,6 +181,11 @@ def with_children(report: Report, children: list[ChildReport], max_blocks: int) 
     events.append(f"worker processes watched: {_pids(watched)}")
     for child in children:
         events.extend(f"pid {child.pid}: {event}" for event in child.events)
+        if child.failed is not None:
+            why = f" ({child.failed})" if child.failed else ""
+            events.append(f"pid {child.pid} could not write its findings{why}: "
+                          "what it found is missing from this report")
+            continue
         if child.ended:
             continue
         if child.alive():
@@ -194,6 +209,14 @@ def with_children(report: Report, children: list[ChildReport], max_blocks: int) 
 def _pids(pids: list[int]) -> str:
     shown = ", ".join(f"pid {pid}" for pid in pids[:10])
     return shown + (f" and {len(pids) - 10} more" if len(pids) > 10 else "")
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as text:
+            return text.read(500).strip()
+    except OSError:
+        return ""
 
 
 def _read_child(pid: int, path: str) -> ChildReport:
@@ -328,6 +351,7 @@ class _Writer:
         #: (multiprocessing's resource tracker, a forkserver) leave no file
         self._fd: int | None = None
         self._summary_due = False
+        self._failed = False
 
     def _write(self, entry: dict[str, Any]) -> None:
         if self._finished:
@@ -337,8 +361,28 @@ class _Writer:
                 self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 self._line({"kind": "start", "argv": list(sys.argv)})
             self._line(entry)
+        except OSError as error:
+            log_once("child-write", "loopwatch could not write this worker process's "
+                     f"findings ({error.strerror or error}): its parent will say so",
+                     exc_info=False)
+            self._say_failed(error)
+
+    def _say_failed(self, error: OSError) -> None:
+        """Leave the parent a note that this child's findings are missing (once, if it can)."""
+        if self._failed:
+            return
+        self._failed = True
+        try:
+            fd = os.open(self._path[: -len(".jsonl")] + ".failed", os.O_WRONLY | os.O_CREAT,
+                         0o600)
         except OSError:
-            log_once("child-write", "loopwatch could not write a worker process's findings")
+            return  # not even that: the parent cannot be told
+        try:
+            os.write(fd, (error.strerror or str(error)).encode())
+        except OSError:
+            pass  # the file's name says enough
+        finally:
+            os.close(fd)
 
     def _line(self, entry: dict[str, Any]) -> None:
         assert self._fd is not None

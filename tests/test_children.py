@@ -134,3 +134,32 @@ def test_the_variable_is_withdrawn_when_the_watch_ends() -> None:
     with loopwatch.watch(threshold=0.05, subprocesses=True):
         assert ENV in os.environ
     assert ENV not in os.environ
+
+
+def test_a_worker_that_cannot_write_is_named_and_carries_on(tmp_path: Path) -> None:
+    """A child whose writes fail (here: a file size limit of 0) keeps running and exits
+    normally; the parent's report names it."""
+    script = tmp_path / "limited.py"
+    script.write_text(textwrap.dedent("""
+        import asyncio, resource, signal, time
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+        async def main():
+            await asyncio.sleep(0.02)
+            time.sleep(0.12)  # blocks
+            await asyncio.sleep(0.02)
+
+        asyncio.run(main())
+        print("carried on")
+    """))
+    with loopwatch.watch(threshold=0.05, subprocesses=True) as session:
+        child = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                               timeout=60)
+    assert (child.returncode, child.stdout) == (0, "carried on\n"), child.stderr
+    assert "Traceback" not in child.stderr
+    report = session.report()
+    assert not report.blocks
+    assert any(e.startswith("pid ") and "could not write its findings" in e
+               for e in report.events), report.events
