@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from loopwatch.config import Config, ConfigError
     from loopwatch.errors import LoopBlockedError
-    from loopwatch.model import Block, Frame, LoopStats, Report, Site
+    from loopwatch.model import Block, BlockingCall, Frame, LoopStats, Report, Site
     from loopwatch.offload import offload
     from loopwatch.requests import request
     from loopwatch.session import Session, run, watch
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "Block": "loopwatch.model",
+    "BlockingCall": "loopwatch.model",
     "Config": "loopwatch.config",
     "ConfigError": "loopwatch.config",
     "Frame": "loopwatch.model",
@@ -44,6 +45,7 @@ _HOMES = {
 
 __all__ = [
     "Block",
+    "BlockingCall",
     "Config",
     "ConfigError",
     "Frame",

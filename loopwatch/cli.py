@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", action="store_true", default=None,
                      help="run yappi too, so blocks list the functions (C ones too) that ran; "
                      "slows the program down several times")
+    run.add_argument("--strict", action="store_true", default=None,
+                     help="also list every blocking call made on a loop's thread, however "
+                     "short (time.sleep, open, socket.connect, subprocess...)")
     run.add_argument("--quiet", action="store_true", help="do not print the report")
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="script.py [args ...]")
@@ -191,6 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"threshold": args.threshold, "deadman": args.deadman,
                                "sample_interval": args.sample_interval, "mode": args.mode,
                                "precise": args.precise, "profile": args.profile,
+                               "strict": args.strict,
                                # the worker processes a service starts are watched too
                                "subprocesses": True}
     try:

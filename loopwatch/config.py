@@ -72,6 +72,9 @@ class Config:
     code (the watchdog was starved of CPU, or a tight loop kept it waiting) the
     read can crash the process. Without it, such blocks are still found, and
     their line comes from the first sample taken as the C call returns."""
+    strict: bool = False
+    """Also record every blocking call made on a thread while it runs an event loop,
+    however short (``time.sleep``, ``open``, ``socket.connect``...): ``Report.calls``."""
     subprocesses: bool = False
     """Also watch the Python processes the program starts (multiprocessing and
     ProcessPoolExecutor workers, uvicorn/gunicorn workers): their blocks come into
@@ -213,7 +216,7 @@ def _parse(name: str, raw: Any, source: str) -> Any:
             return float(text)
         if name == "max_blocks":
             return int(text)
-        if name in ("precise", "profile", "deadman", "subprocesses"):
+        if name in ("precise", "profile", "deadman", "subprocesses", "strict"):
             return BOOL_WORDS[text.lower()]
         if name in ("include", "exclude"):
             return tuple(p.strip() for p in text.replace("\n", ",").split(",") if p.strip())
@@ -234,6 +237,7 @@ _ALLOWED = {
     "profile": "expected true or false",
     "deadman": "expected true or false",
     "subprocesses": "expected true or false",
+    "strict": "expected true or false",
     "include": "expected a list of fnmatch patterns",
     "exclude": "expected a list of fnmatch patterns",
     "mode": f"expected one of {', '.join(MODES)}",
@@ -285,7 +289,7 @@ def _validate(config: Config, source: str) -> None:
         raise _bad("max_blocks", config.max_blocks, source)
     if not _seconds(config.profile_duty) or config.profile_duty > 1:
         raise _bad("profile_duty", config.profile_duty, source)
-    for flag in ("precise", "profile", "deadman", "subprocesses"):
+    for flag in ("precise", "profile", "deadman", "subprocesses", "strict"):
         if not isinstance(getattr(config, flag), bool):
             raise _bad(flag, getattr(config, flag), source)
     for patterns in ("include", "exclude"):

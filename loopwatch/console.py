@@ -459,6 +459,16 @@ def _report(report: Report, width: int, limit: int) -> list[RenderableType]:
         parts += [Text(), _heading("Sites"), Padding(_sites_table(report, limit * 2), (0, 0, 0, 2))]
         if more > 0:
             parts.append(Text(f"  ... and {more} more", style="dim"))
+    calls = report.call_sites()
+    if calls:
+        parts += [Text(), _heading("Blocking calls on a loop's thread (strict mode)")]
+        for call, site, function, count in calls[: limit * 2]:
+            line = Text("  ")
+            line.append(f"{count} x {call}", style="bold")
+            line.append(f"  at {short_site(site)} in {function or '?'}")
+            parts.append(line)
+        if len(calls) > limit * 2:
+            parts.append(Text(f"  ... and {len(calls) - limit * 2} more", style="dim"))
     loops = _loops(report)
     if loops:
         parts += [Text(), _heading("Loops"), *loops]
@@ -469,6 +479,8 @@ def _report(report: Report, width: int, limit: int) -> list[RenderableType]:
     if report.dropped_blocks:
         notes.append(f"{report.dropped_blocks} older block(s) were not kept (max_blocks); "
                      "the sites table still counts them")
+    if report.dropped_calls:
+        notes.append(f"{report.dropped_calls} older blocking call(s) were not kept (max_blocks)")
     if notes:
         parts += [Text(), *(Text(f"note: {note}", style="dim") for note in notes)]
     return parts

@@ -201,6 +201,38 @@ class Block:
 
 
 @dataclass(frozen=True)
+class BlockingCall:
+    """A blocking call made on a thread while it ran an event loop (strict mode), any length."""
+
+    call: str
+    """What was called: ``time.sleep``, ``open``, ``socket.connect``..."""
+    detail: str
+    """Its argument, shortened: the path, the address, the command."""
+    site: str | None
+    """``file:line`` of the innermost frame of user code that made the call."""
+    function: str | None
+    frames: tuple[Frame, ...]
+    """The stack, innermost last."""
+    task: str | None
+    thread: str
+    at: float
+    """Wall-clock time of the call."""
+    pid: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["frames"] = [asdict(f) for f in self.frames]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BlockingCall:
+        data = dict(data)
+        data["frames"] = tuple(Frame(**f) for f in data.get("frames", ()))
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
 class Site(_Plain):
     """All blocks attributed to one source line."""
 
@@ -294,6 +326,9 @@ class Report:
     """Notable things loopwatch did or could not do (degraded detection, offload decisions)."""
     functions: tuple[FunctionStat, ...] = ()
     """Profile mode: functions summed over all blocks, heaviest first."""
+    calls: tuple[BlockingCall, ...] = ()
+    """Strict mode: blocking calls made on a loop's thread, however short (the latest kept)."""
+    dropped_calls: int = 0
     schema: int = field(default=SCHEMA)
 
     @property
@@ -307,6 +342,14 @@ class Report:
         if any(site.block_total for site in self.sites):
             return blocked_total(self.sites)
         return sum(site.total for site in self.sites) or sum(b.duration for b in self.blocks)
+
+    def call_sites(self) -> list[tuple[str, str | None, str | None, int]]:
+        """Strict mode's calls grouped: (call, site, function, how many), most first."""
+        counts: dict[tuple[str, str | None, str | None], int] = {}
+        for call in self.calls:
+            key = (call.call, call.site, call.function)
+            counts[key] = counts.get(key, 0) + 1
+        return sorted(((*key, n) for key, n in counts.items()), key=lambda item: -item[3])
 
     def loops_by_process(self) -> list[tuple[int | None, tuple[LoopStats, ...]]]:
         """The loops grouped by the process they ran in, in the order processes first appear."""
@@ -329,6 +372,8 @@ class Report:
             "dropped_blocks": self.dropped_blocks,
             "events": list(self.events),
             "functions": [f.to_dict() for f in self.functions],
+            "calls": [c.to_dict() for c in self.calls],
+            "dropped_calls": self.dropped_calls,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -347,6 +392,8 @@ class Report:
             dropped_blocks=int(data.get("dropped_blocks", 0)),
             events=tuple(data.get("events", ())),
             functions=tuple(FunctionStat.from_dict(f) for f in data.get("functions", ())),
+            calls=tuple(BlockingCall.from_dict(c) for c in data.get("calls", ())),
+            dropped_calls=int(data.get("dropped_calls", 0)),
         )
 
     @classmethod

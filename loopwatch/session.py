@@ -18,10 +18,11 @@ from loopwatch._children import Children, announce, became_child, with_children,
 from loopwatch._core.dispatch import DISPATCHER
 from loopwatch._core.dispatch import MAX_PENDING as DISPATCHER_LIMIT
 from loopwatch._core.findings import Found, Listener
+from loopwatch._core.strict import STRICT
 from loopwatch._log import block_logger, forget_owner
 from loopwatch.config import Config
 from loopwatch.errors import LoopBlockedError
-from loopwatch.model import Block, FunctionStat, LoopStats, Report, SiteTable
+from loopwatch.model import Block, BlockingCall, FunctionStat, LoopStats, Report, SiteTable
 from loopwatch.watchdog import WATCHDOG, Cut
 
 #: The site of slow iterations that no stack sample caught.
@@ -72,6 +73,8 @@ class Session:
         self._events: dict[str, None] = {}  # insertion-ordered, and O(1) to look up
         self._events_dropped = 0
         self._dropped = 0
+        self._calls: deque[BlockingCall] = deque(maxlen=config.max_blocks)
+        self._calls_dropped = 0
         self._running = False
         self._log_handler: logging.Handler | None = None
         #: with subprocesses=True: what the worker processes wrote, and the variable
@@ -102,6 +105,8 @@ class Session:
         for sink in self.config.sinks:
             self._deliver(f"sink {type(sink).__name__}.open", sink.open, self)
         WATCHDOG.subscribe(self)
+        if self.config.strict:
+            STRICT.subscribe(self.receive_call)
         WATCHDOG.attach_running_loops()
         WATCHDOG.wait_ready()
         return self
@@ -111,6 +116,8 @@ class Session:
         if not self._running:
             return
         self._running = False
+        if self.config.strict:
+            STRICT.unsubscribe(self.receive_call)
         if self._children_env is not None:
             withdraw(self._children_env[0])
             self._children_env = None
@@ -204,6 +211,8 @@ class Session:
                 sites=tuple(sites),
                 loops=loops,
                 dropped_blocks=self._dropped,
+                calls=tuple(self._calls),
+                dropped_calls=self._calls_dropped,
                 events=tuple(self._events) + (
                     (f"{self._events_dropped} more distinct events were not kept",)
                     if self._events_dropped
@@ -310,6 +319,13 @@ class Session:
         with self._lock:
             if stats.loop in self._loops or len(self._loops) < _MAX_LOOPS:
                 self._loops[stats.loop] = stats
+
+    def receive_call(self, call: BlockingCall) -> None:
+        """Strict mode: a blocking call on a loop's thread (called in that thread)."""
+        with self._lock:
+            if len(self._calls) == self._calls.maxlen:
+                self._calls_dropped += 1
+            self._calls.append(call)
 
     def loop_run_ended(self) -> None:
         if self._on_run_end is not None:

@@ -1,0 +1,185 @@
+"""Strict mode: every blocking call made on a thread while it runs an event loop, however short.
+
+Python raises an audit event (``sys.addaudithook``) for most calls that can
+block: ``time.sleep``, ``open``, ``socket.connect``, ``subprocess.Popen``,
+``sqlite3.connect``, ``os.listdir``... One hook, installed the first time a
+session asks for strict mode, looks at the events in :data:`BLOCKING`; a call
+is a finding when the calling thread is running an event loop right now
+(``asyncio._get_running_loop()``, a thread-local read) and the call is not
+asyncio's own (its sockets are non-blocking) or an import's. It is recorded,
+with its stack, for every strict session: never raised, so a blocking call in
+a callback cannot hang anything.
+
+An audit hook cannot be removed. While no session is strict it returns at its
+first test (one attribute read per audit event). Where Python raises no event
+for a call (``time.sleep`` before 3.13) a thin wrapper raises it, installed
+while a strict session runs and removed after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from loopwatch._log import log_once
+from loopwatch.model import BlockingCall, Frame
+from loopwatch.stacks import UserCode
+
+#: audit event -> how the call is named in findings
+BLOCKING: dict[str, str] = {
+    "time.sleep": "time.sleep",
+    "open": "open",
+    "socket.connect": "socket.connect",
+    "socket.getaddrinfo": "socket.getaddrinfo",
+    "socket.gethostbyname": "socket.gethostbyname",
+    "socket.gethostbyaddr": "socket.gethostbyaddr",
+    "subprocess.Popen": "subprocess.Popen",
+    "os.system": "os.system",
+    "os.posix_spawn": "os.posix_spawn",
+    "sqlite3.connect": "sqlite3.connect",
+    "os.listdir": "os.listdir",
+    "os.scandir": "os.scandir",
+    "os.remove": "os.remove",
+    "os.rename": "os.rename",
+    "os.mkdir": "os.mkdir",
+    "os.rmdir": "os.rmdir",
+    "os.truncate": "os.truncate",
+    "os.chmod": "os.chmod",
+    "os.utime": "os.utime",
+    "shutil.copyfile": "shutil.copyfile",
+    "shutil.copytree": "shutil.copytree",
+    "shutil.rmtree": "shutil.rmtree",
+    "shutil.move": "shutil.move",
+    "shutil.make_archive": "shutil.make_archive",
+    "shutil.unpack_archive": "shutil.unpack_archive",
+    "urllib.Request": "urllib.request.urlopen",
+}
+
+_ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
+_OWN = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+#: frames looked at for a call's stack
+_MAX_FRAMES = 64
+
+
+def _detail(event: str, args: tuple[Any, ...]) -> str:
+    """What the call was about: a path, an address, a command (short)."""
+    if not args:
+        return ""
+    first = args[1] if event.startswith("socket.") and len(args) > 1 else args[0]
+    if event == "time.sleep" or event == "socket.getaddrinfo":
+        first = args[0]
+    text = repr(first) if not isinstance(first, str) else first
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+class Strict:
+    """The process's one audit hook, and the sessions that want its findings."""
+
+    def __init__(self) -> None:
+        self._installed = False
+        self._lock = threading.Lock()
+        #: strict sessions' receivers; read without the lock (a list is replaced, not changed)
+        self._receivers: tuple[Callable[[BlockingCall], None], ...] = ()
+        self._inside = threading.local()
+        #: Python raises ``time.sleep`` itself from 3.13 (gh-108294)
+        self._sleep_audited = sys.version_info >= (3, 13)
+        self.user_code = UserCode()
+
+    def subscribe(self, receiver: Callable[[BlockingCall], None]) -> None:
+        with self._lock:
+            if not self._installed:
+                sys.addaudithook(self._hook)
+                self._installed = True
+            if not self._receivers and not self._sleep_audited:
+                time.sleep = _audited_sleep  # type: ignore[assignment]
+            self._receivers = (*self._receivers, receiver)
+
+    def unsubscribe(self, receiver: Callable[[BlockingCall], None]) -> None:
+        with self._lock:
+            self._receivers = tuple(r for r in self._receivers if r != receiver)
+            if not self._receivers and time.sleep is _audited_sleep:
+                time.sleep = _sleep
+
+    @property
+    def active(self) -> bool:
+        return bool(self._receivers)
+
+    def _hook(self, event: str, args: tuple[Any, ...]) -> None:
+        if not self._receivers:
+            return  # strict mode off: the cost of every audit event in the process
+        call = BLOCKING.get(event)
+        if call is None or asyncio._get_running_loop() is None:
+            return
+        if getattr(self._inside, "busy", False):
+            return  # raised by loopwatch's own handling of a call
+        self._inside.busy = True
+        try:
+            found = self._examine(call, event, args)
+            if found is not None:
+                for receive in self._receivers:
+                    receive(found)
+        except Exception:
+            log_once("strict-hook", "loopwatch's strict mode failed on a call; it carries on")
+        finally:
+            self._inside.busy = False
+
+    def _examine(self, call: str, event: str, args: tuple[Any, ...]) -> BlockingCall | None:
+        if event.startswith("socket.") and args and _non_blocking(args[0]):
+            return None  # asyncio's own sockets (and any other non-blocking one)
+        frame: FrameType | None = sys._getframe(2)  # the caller of the audited function
+        frames: list[Frame] = []
+        while frame is not None and len(frames) < _MAX_FRAMES:
+            filename = frame.f_code.co_filename
+            if filename.startswith("<frozen importlib"):
+                return None  # reading a module to import it
+            if not filename.startswith(_OWN):
+                frames.append(Frame(filename, frame.f_lineno, frame.f_code.co_name))
+            frame = frame.f_back
+        del frame
+        frames.reverse()  # innermost last
+        for outward in reversed(frames):
+            if outward.file.startswith(_ASYNCIO):
+                return None  # asyncio calling for itself (its subprocess transport, its sockets)
+            if self.user_code(outward.file):
+                break  # the program's own call
+        innermost = frames[-1] if frames else None
+        index = self.user_code.site_index(tuple(frames))
+        site = frames[index] if index is not None else innermost
+        task = asyncio.current_task()
+        return BlockingCall(
+            call=call,
+            detail=_detail(event, args),
+            site=site.location if site is not None else None,
+            function=site.function if site is not None else None,
+            frames=tuple(frames),
+            task=task.get_name() if task is not None else None,
+            thread=threading.current_thread().name,
+            at=time.time(),
+            pid=os.getpid(),
+        )
+
+
+_sleep = time.sleep
+
+
+def _audited_sleep(secs: float) -> None:
+    """time.sleep, raising the audit event Python raises itself from 3.13."""
+    sys.audit("time.sleep", secs)
+    _sleep(secs)
+
+
+def _non_blocking(sock: Any) -> bool:
+    try:
+        return sock.gettimeout() == 0.0  # type: ignore[no-any-return]
+    except Exception:
+        return False
+
+
+STRICT = Strict()
