@@ -104,6 +104,23 @@ def test_asgi_service_demo(tmp_path: Path) -> None:
     assert "no block over 50 ms in the service's handlers" in fixed, explain(result)
 
 
+def test_strict_calls(tmp_path: Path) -> None:
+    """run --strict lists each short blocking call of the example at its line, and no await."""
+    script = EXAMPLES / "strict_calls.py"
+    result = run("-m", "loopwatch", "run", "--strict", script, cwd=tmp_path)
+    assert result.returncode == 0, explain(result)
+    for call, text in [("time.sleep", "time.sleep(0.001)"), ("open", "with open("),
+                       ("os.listdir", "os.listdir(folder)"),
+                       ("subprocess.Popen", "subprocess.run("),
+                       ("sqlite3.connect", "sqlite3.connect("),
+                       ("socket.connect", "socket.create_connection(")]:
+        line = line_of(script, text)
+        assert re.search(rf"1 x {re.escape(call)}  at \S*strict_calls\.py:{line} in main",
+                         result.stderr), explain(result)
+    listed = re.findall(r"^  \d+ x ", result.stderr, re.MULTILINE)
+    assert len(listed) == 7, explain(result)  # the six above and socket.getaddrinfo
+
+
 def test_web_service_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     """service.py answers real HTTP requests, logs the blocking login, and stops cleanly."""
     service = EXAMPLES / "web_service" / "service.py"
