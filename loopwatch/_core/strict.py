@@ -62,6 +62,9 @@ BLOCKING: dict[str, str] = {
 }
 
 _ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
+_SUBPROCESS = os.path.join(os.path.dirname(os.__file__), "subprocess.py")
+#: how subprocess.Popen starts its child on some Pythons (3.13: os.posix_spawn)
+_SPAWNS = frozenset({"os.posix_spawn", "os.system", "os.fork", "os.exec"})
 _OWN = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 #: frames looked at for a call's stack
@@ -147,6 +150,8 @@ class Strict:
         for outward in reversed(frames):
             if outward.file.startswith(_ASYNCIO):
                 return None  # asyncio calling for itself (its subprocess transport, its sockets)
+            if event in _SPAWNS and outward.file == _SUBPROCESS:
+                return None  # subprocess.Popen starting its child: reported as that already
             if self.user_code(outward.file):
                 break  # the program's own call
         innermost = frames[-1] if frames else None
