@@ -75,9 +75,8 @@ def _detail(event: str, args: tuple[Any, ...]) -> str:
     """What the call was about: a path, an address, a command (short)."""
     if not args:
         return ""
-    first = args[1] if event.startswith("socket.") and len(args) > 1 else args[0]
-    if event == "time.sleep" or event == "socket.getaddrinfo":
-        first = args[0]
+    # socket.connect's arguments are (socket, address); every other event's first is it
+    first = args[1] if event == "socket.connect" and len(args) > 1 else args[0]
     text = repr(first) if not isinstance(first, str) else first
     return text if len(text) <= 120 else text[:117] + "..."
 
