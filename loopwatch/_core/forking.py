@@ -26,10 +26,17 @@ def join_for_fork(thread: threading.Thread | None, timeout: float = FORK_WAIT) -
 
     False for no thread and for the calling thread itself (a fork from inside
     one of loopwatch's threads cannot wait for that thread).
+
+    ``join()`` returns once the thread has stopped running Python code, but the
+    kernel counts it until it has exited: a fork a few microseconds later would
+    still warn about it, so this also waits (briefly) for the kernel's count.
     """
     if thread is None or thread is threading.current_thread():
         return False
+    threads = os_thread_count() if thread.is_alive() else None
     thread.join(timeout)
+    if not thread.is_alive():
+        wait_for_thread_exit(threads)
     return True
 
 
