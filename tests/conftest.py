@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from loopwatch._core.strict import STRICT
 from loopwatch.watchdog import WATCHDOG
 
 _RUN_FOREVER = asyncio.base_events.BaseEventLoop.__dict__["run_forever"]
@@ -56,5 +57,6 @@ def no_loopwatch_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not sinks, "the sinks thread outlived its sessions"
     assert asyncio.base_events.BaseEventLoop.__dict__["run_forever"] is _RUN_FOREVER
     assert faulthandler.dump_traceback_later is _ARM
+    assert not STRICT.wrapped, "strict mode's wrappers outlived its sessions"
     if fds >= 0:
         assert _open_fds() <= fds, "loopwatch leaked a file descriptor"

@@ -12,8 +12,9 @@ a callback cannot hang anything.
 
 An audit hook cannot be removed. While no session is strict it returns at its
 first test (one attribute read per audit event). Where Python raises no event
-for a call (``time.sleep`` before 3.13) a thin wrapper raises it, installed
-while a strict session runs and removed after.
+for a call (``os.stat``, a blocking socket's ``recv``, a lock or a queue that
+has to wait: see :mod:`loopwatch._core.unaudited`) a thin wrapper reports it,
+installed while a strict session runs and removed after.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from loopwatch._core.unaudited import Wrappers, blocking_socket
 from loopwatch._log import log_once
 from loopwatch.model import BlockingCall, Frame
 from loopwatch.stacks import UserCode
@@ -65,6 +67,9 @@ _ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
 _SUBPROCESS = os.path.join(os.path.dirname(os.__file__), "subprocess.py")
 #: how subprocess.Popen starts its child on some Pythons (3.13: os.posix_spawn)
 _SPAWNS = frozenset({"os.posix_spawn", "os.system", "os.fork", "os.exec"})
+#: (file, function) that waits on another thread by design, for an instant: Thread.start
+#: waits for the new thread to say it runs
+_BRIEF_WAITS = frozenset({(threading.__file__, "start")})
 _OWN = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 #: frames looked at for a call's stack
@@ -72,13 +77,25 @@ _MAX_FRAMES = 64
 
 
 def _detail(event: str, args: tuple[Any, ...]) -> str:
-    """What the call was about: a path, an address, a command (short)."""
+    """What an audited call was about: a path, an address, a command (short)."""
     if not args:
         return ""
     # socket.connect's arguments are (socket, address); every other event's first is it
-    first = args[1] if event == "socket.connect" and len(args) > 1 else args[0]
-    text = repr(first) if not isinstance(first, str) else first
+    return _short(args[1] if event == "socket.connect" and len(args) > 1 else args[0])
+
+
+def _short(about: Any) -> str:
+    if isinstance(about, bytes):
+        about = os.fsdecode(about)
+    text = about if isinstance(about, str) else repr(about)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _api_name(frame: FrameType) -> str:
+    """``module.Class.function`` of a frame, private modules left out (concurrent.futures)."""
+    module = str(frame.f_globals.get("__name__", "?"))
+    public = [part for part in module.split(".") if not part.startswith("_")] or [module]
+    return ".".join([*public, frame.f_code.co_qualname])
 
 
 class Strict:
@@ -90,8 +107,7 @@ class Strict:
         #: strict sessions' receivers; read without the lock (a list is replaced, not changed)
         self._receivers: tuple[Callable[[BlockingCall], None], ...] = ()
         self._inside = threading.local()
-        #: Python raises ``time.sleep`` itself from 3.13 (gh-108294)
-        self._sleep_audited = sys.version_info >= (3, 13)
+        self._wrappers = Wrappers(self._wrapped_call)
         self.user_code = UserCode()
 
     def subscribe(self, receiver: Callable[[BlockingCall], None]) -> None:
@@ -99,15 +115,20 @@ class Strict:
             if not self._installed:
                 sys.addaudithook(self._hook)
                 self._installed = True
-            if not self._receivers and not self._sleep_audited:
-                time.sleep = _audited_sleep  # type: ignore[assignment]
+            if not self._receivers:
+                self._wrappers.install()
             self._receivers = (*self._receivers, receiver)
 
     def unsubscribe(self, receiver: Callable[[BlockingCall], None]) -> None:
         with self._lock:
             self._receivers = tuple(r for r in self._receivers if r != receiver)
-            if not self._receivers and time.sleep is _audited_sleep:
-                time.sleep = _sleep
+            if not self._receivers:
+                self._wrappers.remove()
+
+    @property
+    def wrapped(self) -> bool:
+        """Whether the wrappers for calls without audit events are in place."""
+        return self._wrappers.installed
 
     @property
     def active(self) -> bool:
@@ -119,11 +140,21 @@ class Strict:
         call = BLOCKING.get(event)
         if call is None or asyncio._get_running_loop() is None:
             return
+        if event.startswith("socket.") and args and not blocking_socket(args[0]):
+            return  # asyncio's own sockets (and any other non-blocking one)
+        self._record(call, _detail(event, args), spawn=event in _SPAWNS)
+
+    def _wrapped_call(self, call: str, about: Any) -> None:
+        """A wrapper's report (it has checked that a loop runs in this thread)."""
+        if self._receivers:
+            self._record(call, _short(about), spawn=False)
+
+    def _record(self, call: str, detail: str, *, spawn: bool) -> None:
         if getattr(self._inside, "busy", False):
             return  # raised by loopwatch's own handling of a call
         self._inside.busy = True
         try:
-            found = self._examine(call, event, args)
+            found = self._examine(call, detail, spawn)
             if found is not None:
                 for receive in self._receivers:
                     receive(found)
@@ -132,34 +163,42 @@ class Strict:
         finally:
             self._inside.busy = False
 
-    def _examine(self, call: str, event: str, args: tuple[Any, ...]) -> BlockingCall | None:
-        if event.startswith("socket.") and args and _non_blocking(args[0]):
-            return None  # asyncio's own sockets (and any other non-blocking one)
-        frame: FrameType | None = sys._getframe(2)  # the caller of the audited function
+    def _examine(self, call: str, detail: str, spawn: bool) -> BlockingCall | None:
+        frame: FrameType | None = sys._getframe(3)  # in the blocking function, or its caller
         frames: list[Frame] = []
+        called: list[FrameType] = []  # the program's frames' callees, for a wait's name
         while frame is not None and len(frames) < _MAX_FRAMES:
             filename = frame.f_code.co_filename
             if filename.startswith("<frozen importlib"):
                 return None  # reading a module to import it
             if not filename.startswith(_OWN):
                 frames.append(Frame(filename, frame.f_lineno, frame.f_code.co_name))
+                called.append(frame)
             frame = frame.f_back
         del frame
         frames.reverse()  # innermost last
+        called.reverse()
         for outward in reversed(frames):
             if outward.file.startswith(_ASYNCIO):
                 return None  # asyncio calling for itself (its subprocess transport, its sockets)
-            if event in _SPAWNS and outward.file == _SUBPROCESS:
+            if spawn and outward.file == _SUBPROCESS:
                 return None  # subprocess.Popen starting its child: reported as that already
             if self.user_code(outward.file):
                 break  # the program's own call
         innermost = frames[-1] if frames else None
         index = self.user_code.site_index(tuple(frames))
         site = frames[index] if index is not None else innermost
+        if call == "threading.Condition.wait" and index is not None:
+            if any((f.file, f.function) in _BRIEF_WAITS for f in frames[index + 1 :]):
+                return None
+            if index + 1 < len(called):
+                # what the program called: threading.Event.wait, queue.Queue.get, ...
+                call = _api_name(called[index + 1])
+        del called
         task = asyncio.current_task()
         return BlockingCall(
             call=call,
-            detail=_detail(event, args),
+            detail=detail,
             site=site.location if site is not None else None,
             function=site.function if site is not None else None,
             frames=tuple(frames),
@@ -168,22 +207,6 @@ class Strict:
             at=time.time(),
             pid=os.getpid(),
         )
-
-
-_sleep = time.sleep
-
-
-def _audited_sleep(secs: float) -> None:
-    """time.sleep, raising the audit event Python raises itself from 3.13."""
-    sys.audit("time.sleep", secs)
-    _sleep(secs)
-
-
-def _non_blocking(sock: Any) -> bool:
-    try:
-        return sock.gettimeout() == 0.0  # type: ignore[no-any-return]
-    except Exception:
-        return False
 
 
 STRICT = Strict()
