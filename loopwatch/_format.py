@@ -24,12 +24,13 @@ def duration(seconds: float) -> str:
     return milliseconds(seconds, 0 if seconds >= 0.1 else 1)
 
 
-def short_path(path: str) -> str:
-    """A file name as a person wants to read it: relative to here, or to site-packages."""
+def short_path(path: str, root: str | None = None) -> str:
+    """A file name as a person wants to read it: relative to ``root`` (default: here),
+    or to site-packages, or to the standard library."""
     if path.startswith("<"):
         return path
     try:
-        relative = os.path.relpath(path)
+        relative = os.path.relpath(path, root)
     except ValueError:  # another drive on Windows
         relative = path
     if not relative.startswith(".." + os.sep):

@@ -38,7 +38,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from loopwatch._format import milliseconds
-from loopwatch._pytest.render import MAX_SHOWN_BLOCKS, Renderer
+from loopwatch._pytest.known import (
+    AllowList,
+    KnownError,
+    key_of,
+    read_baseline,
+    write_baseline,
+)
+from loopwatch._pytest.render import MAX_SHOWN_BLOCKS, Renderer, group_calls
 from loopwatch._pytest.results import Results
 from loopwatch._pytest.settings import (
     DEFAULT_THRESHOLD,
@@ -53,12 +60,12 @@ from loopwatch._pytest.settings import (
     rules_for,
     threshold_option,
 )
-from loopwatch._pytest.windows import ItemState, Phase, Seen
+from loopwatch._pytest.windows import ItemState, Phase, Seen, SeenCall
 from loopwatch.config import ConfigError
 
 if TYPE_CHECKING:
     from loopwatch._core.findings import Found
-    from loopwatch.model import Block
+    from loopwatch.model import Block, BlockingCall
     from loopwatch.session import Session
 
 __all__ = [
@@ -87,11 +94,29 @@ HELP_MODE = (
     "or report (terminal summary and JSON only)."
 )
 HELP_JSON = "Write every block of the run, per test node id, to this JSON file."
+HELP_STRICT = (
+    "Strict mode: any blocking call made on a thread while it runs an event loop "
+    "(time.sleep, file and socket I/O, subprocess, locks...) is a finding, however short. "
+    "Switches loopwatch on."
+)
+HELP_BASELINE = (
+    "A file of known findings (blocks and blocking calls): only findings not in it "
+    "fail or warn; entries no longer seen are listed as stale."
+)
+HELP_UPDATE_BASELINE = (
+    "Write this run's findings to the baseline file (--loopwatch-baseline) and pass. "
+    "Switches loopwatch on."
+)
+HELP_ALLOW = (
+    "Where blocking is accepted: lines of module.function or path/glob.py:function "
+    "patterns; a finding whose stack has a matching frame does not count."
+)
 
 MARKER_DOC = (
-    "loopwatch(threshold=None, allow=False): loopwatch settings for this test: "
+    "loopwatch(threshold=None, allow=False, strict=None): loopwatch settings for this test: "
     "threshold overrides --loopwatch-threshold (seconds; lower or higher); "
-    "allow=True records the test's blocks without failing or warning."
+    "allow=True records the test's findings without failing or warning; "
+    "strict=True/False turns strict mode on or off for it."
 )
 
 T = TypeVar("T")
@@ -138,11 +163,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--loopwatch-json", default=None, metavar="PATH", dest="loopwatch_json", help=HELP_JSON
     )
+    group.addoption(
+        "--loopwatch-strict", action="store_true", default=None, dest="loopwatch_strict",
+        help=HELP_STRICT,
+    )
+    group.addoption(
+        "--loopwatch-baseline", default=None, metavar="PATH", dest="loopwatch_baseline",
+        help=HELP_BASELINE,
+    )
+    group.addoption(
+        "--loopwatch-update-baseline", action="store_true", default=False,
+        dest="loopwatch_update_baseline", help=HELP_UPDATE_BASELINE,
+    )
     # Strings, parsed here, so that a bad value is reported with its source.
     parser.addini("loopwatch", HELP_ENABLE + " (true/false)", default="")
     parser.addini("loopwatch_threshold", HELP_THRESHOLD, default="")
     parser.addini("loopwatch_mode", HELP_MODE, default="")
     parser.addini("loopwatch_json", HELP_JSON, default="")
+    parser.addini("loopwatch_strict", HELP_STRICT + " (true/false)", default="")
+    parser.addini("loopwatch_baseline", HELP_BASELINE, default="")
+    parser.addini("loopwatch_allow", HELP_ALLOW, type="linelist", default=[])
 
 
 def _settings_from(config: pytest.Config) -> Settings:
@@ -151,8 +191,12 @@ def _settings_from(config: pytest.Config) -> Settings:
         "threshold": config.getoption("loopwatch_threshold"),
         "mode": config.getoption("loopwatch_mode"),
         "json_path": config.getoption("loopwatch_json"),
+        "strict": config.getoption("loopwatch_strict"),
+        "baseline": config.getoption("loopwatch_baseline"),
+        "update_baseline": config.getoption("loopwatch_update_baseline"),
     }
     ini = {name: config.getini(key) for name, (_, _, key) in NAMES.items()}
+    ini["allow"] = config.getini("loopwatch_allow")
     return resolve_settings(cli=cli, env=os.environ, ini=ini)
 
 
@@ -195,6 +239,13 @@ def pytest_report_header(config: pytest.Config) -> str | None:
         f"threshold={milliseconds(settings.threshold)} ({settings.source('threshold')})",
         f"mode={settings.mode} ({settings.source('mode')})",
     ]
+    if settings.strict:
+        parts.append(f"strict ({settings.source('strict')})")
+    if settings.baseline:
+        action = "updating " if settings.update_baseline else ""
+        parts.append(f"{action}baseline={settings.baseline}")
+    if settings.allow:
+        parts.append(f"allow={len(settings.allow)} pattern(s)")
     if settings.json_path:
         parts.append(f"json={settings.json_path}")
     return "loopwatch: " + ", ".join(parts)
@@ -209,18 +260,42 @@ class LoopwatchPlugin:
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
         self.settings = settings
-        self._render = Renderer(Path(str(config.rootpath)))
+        self._root = str(config.rootpath)
+        self._render = Renderer(Path(self._root))
         self._results = Results(settings.threshold, settings.mode)
+        self._results.strict = settings.strict
+        self._allow = AllowList(settings.allow)
+        self._baseline_path = self._baseline_file()
+        if self._baseline_path is not None and not settings.update_baseline:
+            try:
+                self._results.baseline = read_baseline(self._baseline_path)
+            except KnownError as error:
+                raise pytest.UsageError(str(error))
         #: blocks heard of (in the watchdog's thread: deque appends are atomic), not yet
         #: given to a window
         self._pending: deque[Found] = deque()
+        #: strict mode: blocking calls heard of (in the thread that made them), with the
+        #: time they were made, not yet given to a window
+        self._pending_calls: deque[tuple[float, BlockingCall]] = deque()
         self._session: Session | None = None
         self._current: ItemState | None = None
         self._flushed_at = -float("inf")
         self._finished = False
         self._worker = hasattr(config, "workerinput")
         # Built now so that a bad LOOPWATCH_* value for the core stops the run at start-up.
-        self._core_config = core_config(settings.threshold)
+        self._core_config = core_config(settings.threshold, strict=settings.strict)
+
+    def _baseline_file(self) -> Path | None:
+        """The baseline's path: from the command line or the environment relative to where
+        pytest was started, from the ini file relative to the rootdir."""
+        if not self.settings.baseline:
+            return None
+        from_ini = self.settings.source("baseline").startswith("ini")
+        base = self.config.rootpath if from_ini else self.config.invocation_params.dir
+        return Path(base, self.settings.baseline)
+
+    def _hear_call(self, call: BlockingCall) -> None:
+        self._pending_calls.append((time.monotonic(), call))
 
     # -- internal failures ----------------------------------------------------------
 
@@ -253,7 +328,8 @@ class LoopwatchPlugin:
         from loopwatch.session import Session
 
         self._session = Session(
-            self._core_config, listener=self._pending.append, log_blocks=False
+            self._core_config, listener=self._pending.append, log_blocks=False,
+            call_listener=self._hear_call,
         ).start()
         self._results.watched = True
 
@@ -271,6 +347,8 @@ class LoopwatchPlugin:
         if self._worker:
             self.config.workeroutput["loopwatch"] = self._results.export()  # type: ignore[attr-defined]
             return
+        if self.settings.update_baseline and self._baseline_path is not None:
+            self._write_baseline(self._baseline_path)
         if self.settings.json_path:
             self._write_json()
 
@@ -310,8 +388,16 @@ class LoopwatchPlugin:
             self._session.blocks  # noqa: B018 - reading it flushes the watchdog
             if not in_loop:
                 self._flushed_at = now
-        if not self._pending:
-            return
+        calls = self._pending_calls
+        while calls:
+            at, call = calls.popleft()
+            label = state.label_at(at) if state is not None else None
+            if state is None or label is None:
+                self._results.add_outside_call(SeenCall(call, "outside"))
+            elif state.rules.strict:
+                seen_call = SeenCall(call, *label, excuse=self._excuse(call, state.rules))
+                if self._results.count_call(seen_call, state.nodeid):
+                    state.calls.append(seen_call)
         pending = self._pending
         while pending:
             found = pending.popleft()
@@ -319,26 +405,49 @@ class LoopwatchPlugin:
             if state is None or label is None:
                 self._results.add_outside(Seen(found.block, "outside"))
                 continue
-            seen = Seen(found.block, *label)
+            excuse = None
+            if found.block.duration > state.rules.threshold:
+                excuse = self._excuse(found.block, state.rules)
+            seen = Seen(found.block, *label, excuse=excuse)
             if self._results.count(seen, state.nodeid):
                 state.seen.append(seen)
+
+    def _excuse(self, finding: Block | BlockingCall, rules: TestRules) -> str | None:
+        """Why a finding does not count against its test, or None; a finding that counts,
+        or is only excused by the baseline, is one of the run's (for the baseline)."""
+        if rules.allow:
+            return "allowed by @pytest.mark.loopwatch(allow=True)"
+        pattern = self._allow.allows(finding.frames, self._root)
+        if pattern is not None:
+            return f"allowed by loopwatch_allow {pattern!r}"
+        key = key_of(finding, self._root)
+        self._results.found.add(key)
+        if self.settings.update_baseline:
+            return "written to the baseline"
+        baseline = self._results.baseline
+        if baseline is not None and key in baseline:
+            return "in the baseline"
+        return None
 
     # -- per test -------------------------------------------------------------------
 
     def _begin_item(self, item: pytest.Item) -> str | None:
         error = None
+        settings = self.settings
         try:
-            rules = rules_for(item, self.settings.threshold)
+            rules = rules_for(item, settings.threshold, settings.strict)
         except ConfigError as bad:
-            rules, error = TestRules(self.settings.threshold, True), str(bad)
+            rules, error = TestRules(settings.threshold, True, settings.strict), str(bad)
         state = self._current = ItemState(item.nodeid, rules)
         state.mark()
-        if rules.threshold < self.settings.threshold and self._session is not None:
-            # The run's session only hears of blocks over the run's threshold; a
-            # short extra session lowers the watchdog's threshold for this test.
+        lower_threshold = rules.threshold < settings.threshold
+        strict_here = rules.strict and not settings.strict
+        if (lower_threshold or strict_here) and self._session is not None:
+            # The run's session only hears of blocks over the run's threshold, and of
+            # blocking calls in a strict run: a short extra session does for this test.
             from loopwatch.session import Session
 
-            ceiling = self.settings.threshold
+            ceiling = settings.threshold
             pending = self._pending
 
             def lower(found: Found) -> None:
@@ -346,7 +455,9 @@ class LoopwatchPlugin:
                     pending.append(found)
 
             state.extra = Session(
-                core_config(rules.threshold), listener=lower, log_blocks=False
+                core_config(min(rules.threshold, ceiling), strict=strict_here),
+                listener=lower, log_blocks=False,
+                call_listener=self._hear_call if strict_here else None,
             ).start()
         return error
 
@@ -367,24 +478,27 @@ class LoopwatchPlugin:
             self._drain()
         # Otherwise the teardown's judgement has just drained everything.
         self._current = None
-        self._results.add_test(state.nodeid, state.seen)
+        self._results.add_test(state.nodeid, state.seen, state.calls)
 
     def _judge(self, item: pytest.Item, phases: tuple[Phase, ...], test_failed: bool) -> str | None:
         """Apply the mode to this test's blocks; the failure message if it should fail."""
         self._drain()
         state = self._current
-        if state is None or state.rules.allow or not state.seen:
+        if state is None or state.rules.allow or not (state.seen or state.calls):
             return None
         counted = state.counted(phases)
-        if not counted:
+        calls = state.counted_calls(phases)
+        if not counted and not calls:
             return None
-        text = self._render.failure(counted, state.rules.threshold)
+        text = self._render.failure(counted, calls, state.rules.threshold)
         mode = self.settings.mode
         if mode == "report":
             return None
         if mode == "warn":
             self._results.flagged[state.nodeid] = "warned"
             escalated = self._warn(item, counted, state.rules.threshold)
+            if escalated is None:
+                escalated = self._warn_calls(item, calls)
             if escalated is None or test_failed:
                 return None
             text += (
@@ -397,6 +511,23 @@ class LoopwatchPlugin:
         self._results.flagged[state.nodeid] = "failed"
         state.reported_in_longrepr.update(phases)
         return text
+
+    def _warn_calls(self, item: pytest.Item, calls: list[SeenCall]) -> str | None:
+        """Issue one LoopwatchWarning per blocking call and line, located at that line."""
+        for group in group_calls(calls)[:MAX_SHOWN_BLOCKS]:
+            site = group[0].call.site
+            file, _, line = site.rpartition(":") if site else ("", "", "0")
+            try:
+                warnings.warn_explicit(
+                    self._render.warning_call(item.nodeid, group),
+                    LoopwatchWarning,
+                    filename=file or str(item.path),
+                    lineno=int(line) if line.isdigit() else 0,
+                    module="loopwatch",
+                )
+            except LoopwatchWarning as error:
+                return str(error)
+        return None
 
     def _warn(self, item: pytest.Item, counted: list[Seen], threshold: float) -> str | None:
         """Issue one LoopwatchWarning per block, located at the blocking line."""
@@ -471,7 +602,7 @@ class LoopwatchPlugin:
             return
         if report.when == "setup" and not report.passed:
             self._drain()  # no call phase follows to do it
-        if not state.seen:
+        if not state.seen and not state.calls:
             return
         phases: tuple[str, ...] = (report.when,) if report.when else ()
         if report.when == "call" or (report.when == "setup" and not report.passed):
@@ -481,9 +612,12 @@ class LoopwatchPlugin:
         if any(p in state.reported_in_longrepr for p in fresh):
             return
         seen = [s for s in state.seen if s.phase in fresh]
-        if seen:
-            text = self._render.blocks(seen, state.rules)
-            report.sections.append(("loopwatch", text))
+        calls = [c for c in state.calls if c.phase in fresh]
+        parts = [self._render.blocks(seen, state.rules)] if seen else []
+        if calls:
+            parts.append("blocking calls (strict mode):\n" + self._render.calls(calls))
+        if parts:
+            report.sections.append(("loopwatch", "\n".join(parts)))
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_fixture_setup(
@@ -533,6 +667,13 @@ class LoopwatchPlugin:
         return [s.block for s in state.seen if s.block.duration > state.rules.threshold]
 
     # -- output -------------------------------------------------------------------
+
+    def _write_baseline(self, path: Path) -> None:
+        try:
+            write_baseline(path, self._results.found)
+            self._results.baseline_written = str(self.settings.baseline)
+        except OSError as error:
+            self._results.errors.append(f"could not write the baseline to {path}: {error}")
 
     def _write_json(self) -> None:
         path = Path(self.config.invocation_params.dir, str(self.settings.json_path))

@@ -49,7 +49,12 @@ class Session:
     """
 
     def __init__(
-        self, config: Config, *, listener: Listener | None = None, log_blocks: bool = True
+        self,
+        config: Config,
+        *,
+        listener: Listener | None = None,
+        log_blocks: bool = True,
+        call_listener: Callable[[BlockingCall], None] | None = None,
     ) -> None:
         self.config = config
         # Everything that hears of this session's blocks, in order. An internal
@@ -75,6 +80,8 @@ class Session:
         self._dropped = 0
         self._calls: deque[BlockingCall] = deque(maxlen=config.max_blocks)
         self._calls_dropped = 0
+        #: strict mode: hears of each blocking call, in the thread that made it
+        self._call_listener = call_listener
         self._running = False
         self._log_handler: logging.Handler | None = None
         #: with subprocesses=True: what the worker processes wrote, and the variable
@@ -326,6 +333,8 @@ class Session:
             if len(self._calls) == self._calls.maxlen:
                 self._calls_dropped += 1
             self._calls.append(call)
+        if self._call_listener is not None:
+            self._call_listener(call)
 
     def loop_run_ended(self) -> None:
         if self._on_run_end is not None:

@@ -347,11 +347,17 @@ def test_options_and_marker_are_documented(pytester: pytest.Pytester) -> None:
         "*--loopwatch-threshold=S*",
         "*--loopwatch-mode={fail,warn,report}*",
         "*--loopwatch-json=PATH*",
+        "*--loopwatch-strict*",
+        "*--loopwatch-baseline=PATH*",
+        "*--loopwatch-update-baseline*",
     ])
-    for key in ("loopwatch ", "loopwatch_threshold", "loopwatch_mode", "loopwatch_json"):
+    for key in ("loopwatch ", "loopwatch_threshold", "loopwatch_mode", "loopwatch_json",
+                "loopwatch_strict", "loopwatch_baseline", "loopwatch_allow"):
         helped.stdout.fnmatch_lines([f"  {key}*"])
     markers = run(pytester, "--markers")
-    markers.stdout.fnmatch_lines(["@pytest.mark.loopwatch(threshold=None, allow=False):*"])
+    markers.stdout.fnmatch_lines(
+        ["@pytest.mark.loopwatch(threshold=None, allow=False, strict=None):*"]
+    )
 
 
 # -- the marker and the fixture --------------------------------------------------------------

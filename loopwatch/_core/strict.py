@@ -85,6 +85,8 @@ def _detail(event: str, args: tuple[Any, ...]) -> str:
 
 
 def _short(about: Any) -> str:
+    if isinstance(about, os.PathLike):
+        about = os.fspath(about)
     if isinstance(about, bytes):
         about = os.fsdecode(about)
     text = about if isinstance(about, str) else repr(about)

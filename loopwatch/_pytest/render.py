@@ -7,16 +7,14 @@ computes nothing of its own.
 from __future__ import annotations
 
 import linecache
-import os
-import sysconfig
 from pathlib import Path
 from typing import Any
 
-from loopwatch._format import milliseconds
+from loopwatch._format import milliseconds, short_path
 from loopwatch._pytest.results import Results
 from loopwatch._pytest.settings import TestRules
-from loopwatch._pytest.windows import Seen
-from loopwatch.model import Block, Frame
+from loopwatch._pytest.windows import Seen, SeenCall
+from loopwatch.model import Frame
 
 #: Blocks shown in one failure message, and sites in the terminal summary.
 MAX_SHOWN_BLOCKS = 5
@@ -27,9 +25,17 @@ MAX_SHOWN_FRAMES = 12
 _LOOP_FUNCTIONS = frozenset({"_run", "_run_once", "run_forever", "run_until_complete"})
 
 
-def loop_inner_frames(block: Block) -> list[Frame]:
-    """The block's stack from where the event loop called in: the frames outside are noise."""
-    frames = list(block.frames)
+def group_calls(calls: list[SeenCall]) -> list[list[SeenCall]]:
+    """Blocking calls grouped by (call, line), in the order each was first made."""
+    groups: dict[tuple[str, str | None], list[SeenCall]] = {}
+    for seen in calls:
+        groups.setdefault((seen.call.call, seen.call.site), []).append(seen)
+    return list(groups.values())
+
+
+def loop_inner_frames(stack: tuple[Frame, ...]) -> list[Frame]:
+    """A stack from where the event loop called in: the frames outside are noise."""
+    frames = list(stack)
     for index in range(len(frames) - 1, -1, -1):
         frame = frames[index]
         path = frame.file.replace("\\", "/")
@@ -53,21 +59,18 @@ class Renderer:
         location, sep, line = path.rpartition(":")
         if not sep or not line.isdigit():
             location, sep, line = path, "", ""
-        try:
-            relative = os.path.relpath(location, self.rootpath)
-        except ValueError:
-            relative = location
-        if relative.startswith(".."):
-            relative = location
-            marker = "site-packages" + os.sep
-            stdlib = sysconfig.get_paths().get("stdlib", "") + os.sep
-            if marker in location:
-                relative = "..." + os.sep + location.split(marker, 1)[1]
-            elif stdlib != os.sep and location.startswith(stdlib):
-                relative = "<stdlib>" + os.sep + location[len(stdlib):]
-        return relative + sep + line
+        return short_path(location, str(self.rootpath)) + sep + line
 
-    def failure(self, counted: list[Seen], threshold: float) -> str:
+    def failure(self, counted: list[Seen], calls: list[SeenCall], threshold: float) -> str:
+        """The message of a test that failed for its blocks, its blocking calls, or both."""
+        parts = []
+        if counted:
+            parts.append(self._blocks_failure(counted, threshold))
+        if calls:
+            parts.append(self._calls_failure(calls))
+        return "\n".join(parts)
+
+    def _blocks_failure(self, counted: list[Seen], threshold: float) -> str:
         # The first line is what `-r` short summaries show: duration and line first.
         worst = max(counted, key=lambda s: s.block.duration)
         at = f" at {self.short(worst.block.site)}" if worst.block.site else ""
@@ -82,6 +85,59 @@ class Renderer:
                 f"{milliseconds(worst.block.duration)}{at} (threshold {milliseconds(threshold)})"
             )
         return head + "\n" + self.blocks(counted, None)
+
+    def _calls_failure(self, calls: list[SeenCall]) -> str:
+        # The first line is what `-r` short summaries show: the call and its line first.
+        first = calls[0].call
+        at = f" at {self.short(first.site)}" if first.site else ""
+        more = f" and {len(calls) - 1} more blocking call(s)" if len(calls) > 1 else ""
+        head = (
+            f"loopwatch: {first.call}{at}{more} on the event loop's thread (strict mode)"
+        )
+        return head + "\n" + self.calls(calls) + "\n" + self.how_to_allow(calls[0])
+
+    def how_to_allow(self, seen: SeenCall) -> str:
+        call = seen.call
+        place = self.short(call.site).rpartition(":")[0] if call.site else None
+        pattern = f"'{place}:{call.function}'" if place and call.function else "a pattern"
+        return "\n".join([
+            "  to accept it, either:",
+            "    - move it off the loop: await asyncio.to_thread(...)",
+            "    - mark the test @pytest.mark.loopwatch(allow=True)",
+            f"    - add {pattern} to the ini option loopwatch_allow",
+            "    - record what the suite does today: --loopwatch-baseline PATH "
+            "--loopwatch-update-baseline",
+        ])
+
+    def calls(self, calls: list[SeenCall], shown: int = MAX_SHOWN_BLOCKS) -> str:
+        """Blocking calls grouped by call and line, each group with its first one's stack."""
+        lines: list[str] = []
+        groups = group_calls(calls)
+        for group in groups[:shown]:
+            seen = group[0]
+            call = seen.call
+            times = f" x{len(group)}" if len(group) > 1 else ""
+            detail = f"({call.detail})" if call.detail else ""
+            where = self.short(call.site) if call.site else "<no stack captured>"
+            task = f" [task {call.task}]" if call.task else ""
+            excuse = f" ({seen.excuse})" if seen.excuse else ""
+            lines.append(
+                f"{call.call}{detail}{times} in {seen.where}: {where} in "
+                f"{call.function or '?'}{task}{excuse}"
+            )
+            lines.extend(self._stack(call.frames, call.site))
+        if len(groups) > shown:
+            lines.append(f"... and {len(groups) - shown} more blocking call site(s)")
+        return "\n".join(lines)
+
+    def warning_call(self, nodeid: str, group: list[SeenCall]) -> str:
+        call = group[0].call
+        times = f" ({len(group)} times)" if len(group) > 1 else ""
+        return (
+            f"loopwatch: {nodeid} made a blocking call on the event loop's thread "
+            f"(strict mode): {call.call}{times} in {group[0].where}"
+            + (f" at {self.short(call.site)} in {call.function}" if call.site else "")
+        )
 
     def warning(self, nodeid: str, seen: Seen, threshold: float) -> str:
         block = seen.block
@@ -111,12 +167,20 @@ class Renderer:
             f"{milliseconds(block.duration)}{accuracy} in {seen.where}: {where} in "
             f"{block.function or '?'} [{block.kind}{ratio}{task}]"
         ]
-        frame = block.user_frame
+        lines.extend(self._stack(block.frames, block.site))
+        if block.advice:
+            lines.append(f"  advice: {block.advice}")
+        return lines
+
+    def _stack(self, stack: tuple[Frame, ...], site: str | None) -> list[str]:
+        """The source line of ``site``, then the stack from where the loop called in."""
+        lines: list[str] = []
+        frame = next((f for f in reversed(stack) if f.location == site), None)
         if frame is not None:
             source = linecache.getline(frame.file, frame.line).strip()
             if source:
                 lines.append(f"    {source}")
-        frames = loop_inner_frames(block)
+        frames = loop_inner_frames(stack)
         if frames:
             lines.append("  stack (innermost last):")
             if len(frames) > MAX_SHOWN_FRAMES:
@@ -125,8 +189,6 @@ class Renderer:
             for f in frames:
                 mark = "  <-" if frame is not None and f == frame else ""
                 lines.append(f"    {self.short(f.location)} in {f.function}{mark}")
-        if block.advice:
-            lines.append(f"  advice: {block.advice}")
         return lines
 
     def summary(self, tr: Any, results: Results) -> None:
@@ -164,7 +226,55 @@ class Renderer:
             )
         else:
             tr.write_line(f"loopwatch: no blocks over {threshold} in {results.tests_run} test(s)")
+        if results.strict:
+            self._calls_summary(tr, results)
+        self._baseline_summary(tr, results)
         for event in dict.fromkeys(results.events):
             tr.write_line(f"loopwatch: note: {event}")
         for message in results.errors:
             tr.write_line(f"loopwatch: {message}", yellow=True)
+
+    def _calls_summary(self, tr: Any, results: Results) -> None:
+        sites = results.call_sites()
+        if sites:
+            tr.write_sep("=", "loopwatch: blocking calls on the event loop's thread", yellow=True)
+            shown = sites[:MAX_SHOWN_SITES]
+            width = max(len(site.call) for site in shown)
+            tr.write_line(f"{'count':>6} {'counted':>8}  {'call':<{width}}  site")
+            for site in shown:
+                tests = site.tests
+                who = (tests[0] + (f" (+{len(tests) - 1} more)" if len(tests) > 1 else "")
+                       if tests else "outside tests")
+                tr.write_line(
+                    f"{site.count:>6} {site.counted:>8}  {site.call:<{width}}  "
+                    f"{self.short(site.site)} in {site.function or '?'} - {who}"
+                )
+            if len(sites) > MAX_SHOWN_SITES:
+                tr.write_line(f"  ... and {len(sites) - MAX_SHOWN_SITES} more call sites")
+        counted = sum(site.counted for site in sites)
+        tr.write_line(
+            f"loopwatch: strict mode: {results.call_count} blocking call(s) in "
+            f"{results.tests_with_calls} of {results.tests_run} test(s), "
+            f"{counted} counted against their test",
+            bold=bool(counted),
+        )
+
+    def _baseline_summary(self, tr: Any, results: Results) -> None:
+        if results.baseline_written is not None:
+            tr.write_line(
+                f"loopwatch: baseline written to {results.baseline_written}: "
+                f"{len(results.found)} finding(s)"
+            )
+            return
+        stale = results.stale()
+        if stale:
+            tr.write_line(
+                f"loopwatch: {len(stale)} baseline entr{'y' if len(stale) == 1 else 'ies'} "
+                "not seen in this run (stale: after a full run, --loopwatch-update-baseline "
+                "drops them):",
+                yellow=True,
+            )
+            for key in stale[:MAX_SHOWN_SITES]:
+                tr.write_line(f"  {key.describe()}")
+            if len(stale) > MAX_SHOWN_SITES:
+                tr.write_line(f"  ... and {len(stale) - MAX_SHOWN_SITES} more")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from loopwatch._pytest.windows import Seen
-from loopwatch.model import Block, Site, SiteTable, blocked_total
+from loopwatch._pytest.known import Key
+from loopwatch._pytest.windows import Seen, SeenCall
+from loopwatch.model import Block, BlockingCall, Site, SiteTable, blocked_total
 
 #: How many blocks are kept in detail for one process; the rest are counted.
 MAX_KEPT_BLOCKS = 10_000
@@ -17,8 +20,34 @@ SCHEMA = 1
 def _seen_from(data: dict[str, Any]) -> Seen:
     return Seen(
         Block.from_dict(data), data.get("phase", "outside"), data.get("fixture"),
-        data.get("fixture_action"),
+        data.get("fixture_action"), data.get("excuse"),
     )
+
+
+def _seen_call_from(data: dict[str, Any]) -> SeenCall:
+    return SeenCall(
+        BlockingCall.from_dict(data), data.get("phase", "outside"), data.get("fixture"),
+        data.get("fixture_action"), data.get("excuse"),
+    )
+
+
+@dataclass
+class CallSite:
+    """One blocking call at one line (strict mode), over the run."""
+
+    call: str
+    site: str | None
+    function: str | None
+    count: int = 0
+    counted: int = 0
+    """How many of ``count`` counted against their test (not allowed, not in the baseline)."""
+    tests: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "call": self.call, "site": self.site, "function": self.function,
+            "count": self.count, "counted": self.counted, "tests": list(self.tests),
+        }
 
 
 class Results:
@@ -42,6 +71,17 @@ class Results:
         self._kept = 0
         self._sites = SiteTable()
         self._tests_at: dict[str, list[str]] = {}
+        #: strict mode
+        self.strict = False
+        self.calls: dict[str, list[SeenCall]] = {}
+        self.outside_calls: list[SeenCall] = []
+        self.dropped_calls = 0
+        self._kept_calls = 0
+        self._call_sites: dict[tuple[str, str | None], CallSite] = {}
+        #: the baseline: the findings of this run (allowed ones left out), and the file's
+        self.found: set[Key] = set()
+        self.baseline: frozenset[Key] | None = None
+        self.baseline_written: str | None = None
 
     def count(self, seen: Seen, nodeid: str | None) -> bool:
         """Count a block in the sites; True if it is to be kept in detail too."""
@@ -61,11 +101,35 @@ class Results:
         if self.count(seen, None):
             self.outside.append(seen)
 
-    def add_test(self, nodeid: str, seen: list[Seen]) -> None:
-        """A test has ended; ``seen`` are its blocks kept in detail (counted already)."""
+    def count_call(self, seen: SeenCall, nodeid: str | None) -> bool:
+        """Count a blocking call in the call sites; True if it is to be kept in detail too."""
+        call = seen.call
+        site = self._call_sites.get((call.call, call.site))
+        if site is None:
+            site = self._call_sites[(call.call, call.site)] = CallSite(
+                call.call, call.site, call.function
+            )
+        site.count += 1
+        site.counted += seen.excuse is None and nodeid is not None
+        if nodeid is not None and nodeid not in site.tests:
+            site.tests.append(nodeid)
+        if self._kept_calls >= MAX_KEPT_BLOCKS:
+            self.dropped_calls += 1
+            return False
+        self._kept_calls += 1
+        return True
+
+    def add_outside_call(self, seen: SeenCall) -> None:
+        if self.count_call(seen, None):
+            self.outside_calls.append(seen)
+
+    def add_test(self, nodeid: str, seen: list[Seen], calls: Sequence[SeenCall] = ()) -> None:
+        """A test has ended; ``seen`` and ``calls`` are its findings kept in detail (counted)."""
         self.tests_run += 1
         if seen:
             self.tests.setdefault(nodeid, []).extend(seen)
+        if calls:
+            self.calls.setdefault(nodeid, []).extend(calls)
 
     # -- totals ------------------------------------------------------------------
 
@@ -88,6 +152,24 @@ class Results:
     def tests_with_blocks(self) -> int:
         return sum(1 for seen in self.tests.values() if seen)
 
+    def call_sites(self) -> list[CallSite]:
+        """Blocking calls per (call, line), most counted first."""
+        return sorted(self._call_sites.values(), key=lambda s: (-s.counted, -s.count))
+
+    @property
+    def call_count(self) -> int:
+        return sum(site.count for site in self._call_sites.values())
+
+    @property
+    def tests_with_calls(self) -> int:
+        return sum(1 for calls in self.calls.values() if calls)
+
+    def stale(self) -> list[Key]:
+        """Baseline entries this run did not see (on a full run: fixed since)."""
+        if self.baseline is None:
+            return []
+        return sorted(self.baseline - self.found)
+
     # -- export and merge ----------------------------------------------------------
 
     def export(self) -> dict[str, Any]:
@@ -107,6 +189,12 @@ class Results:
             "sites": [
                 dict(site.to_dict(), tests=self.tests_at(site.site)) for site in self.sites()
             ],
+            "strict": self.strict,
+            "calls": {nodeid: [c.to_dict() for c in calls] for nodeid, calls in self.calls.items()},
+            "outside_tests_calls": [c.to_dict() for c in self.outside_calls],
+            "dropped_calls": self.dropped_calls,
+            "call_sites": [site.to_dict() for site in self.call_sites()],
+            "found": [key.to_dict() for key in sorted(self.found)],
         }
 
     def absorb(self, data: dict[str, Any]) -> None:
@@ -116,6 +204,20 @@ class Results:
             self.tests.setdefault(nodeid, []).extend(kept)
         for item in data.get("outside_tests", ()):
             self.add_outside(_seen_from(item))
+        # A worker counted every call in its call sites, kept in detail or not: merge those.
+        for nodeid, calls in data.get("calls", {}).items():
+            self.calls.setdefault(nodeid, []).extend(map(_seen_call_from, calls))
+        self.outside_calls.extend(map(_seen_call_from, data.get("outside_tests_calls", ())))
+        self.dropped_calls += data.get("dropped_calls", 0)
+        for item in data.get("call_sites", ()):
+            site = self._call_sites.setdefault(
+                (item["call"], item["site"]), CallSite(item["call"], item["site"], item["function"])
+            )
+            site.count += item["count"]
+            site.counted += item["counted"]
+            site.tests += [t for t in item["tests"] if t not in site.tests]
+        self.strict = self.strict or data.get("strict", False)
+        self.found.update(Key.from_dict(item) for item in data.get("found", ()))
         self.flagged.update(data.get("flagged", {}))
         self.tests_run += data.get("tests_run", 0)
         self.watched = self.watched or data.get("watched", False)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from loopwatch._pytest.settings import TestRules
 
 if TYPE_CHECKING:
-    from loopwatch.model import Block
+    from loopwatch.model import Block, BlockingCall
     from loopwatch.session import Session
 
 Phase = Literal["setup", "call", "teardown", "outside"]
@@ -32,6 +32,12 @@ _PHASE_NAMES = {
 }
 
 
+def _where(phase: Phase, fixture: str | None, action: str | None) -> str:
+    if fixture:
+        return f"{action or phase} of fixture {fixture!r}"
+    return _PHASE_NAMES[phase]
+
+
 @dataclass(frozen=True)
 class Seen:
     """A block and where in the run it happened."""
@@ -40,18 +46,42 @@ class Seen:
     phase: Phase
     fixture: str | None = None
     fixture_action: str | None = None
+    excuse: str | None = None
+    """Why it does not count against the test (an allow-list pattern, the baseline)."""
 
     @property
     def where(self) -> str:
-        if self.fixture:
-            return f"{self.fixture_action or self.phase} of fixture {self.fixture!r}"
-        return _PHASE_NAMES[self.phase]
+        return _where(self.phase, self.fixture, self.fixture_action)
 
     def to_dict(self) -> dict[str, Any]:
         data = self.block.to_dict()
         data["phase"] = self.phase
         data["fixture"] = self.fixture
         data["fixture_action"] = self.fixture_action
+        data["excuse"] = self.excuse
+        return data
+
+
+@dataclass(frozen=True)
+class SeenCall:
+    """A blocking call (strict mode) and where in the run it happened."""
+
+    call: BlockingCall
+    phase: Phase
+    fixture: str | None = None
+    fixture_action: str | None = None
+    excuse: str | None = None
+
+    @property
+    def where(self) -> str:
+        return _where(self.phase, self.fixture, self.fixture_action)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.call.to_dict()
+        data["phase"] = self.phase
+        data["fixture"] = self.fixture
+        data["fixture_action"] = self.fixture_action
+        data["excuse"] = self.excuse
         return data
 
 
@@ -74,6 +104,7 @@ class ItemState:
     starts: list[float] = field(default_factory=list)
     labels: list[Label] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
+    calls: list[SeenCall] = field(default_factory=list)
     extra: Session | None = None
     reported_in_longrepr: set[str] = field(default_factory=set)
     sectioned: set[str] = field(default_factory=set)
@@ -96,6 +127,15 @@ class ItemState:
             self.mark()
 
     def counted(self, phases: Iterable[str]) -> list[Seen]:
+        """The blocks in these phases that count against the test."""
         wanted = set(phases)
         limit = self.rules.threshold
-        return [s for s in self.seen if s.phase in wanted and s.block.duration > limit]
+        return [
+            s for s in self.seen
+            if s.phase in wanted and s.block.duration > limit and s.excuse is None
+        ]
+
+    def counted_calls(self, phases: Iterable[str]) -> list[SeenCall]:
+        """The blocking calls (strict mode) in these phases that count against the test."""
+        wanted = set(phases)
+        return [s for s in self.calls if s.phase in wanted and s.excuse is None]
