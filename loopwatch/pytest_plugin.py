@@ -210,6 +210,10 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = _settings_from(config)
     except ConfigError as error:
         enabled = config.getoption("loopwatch")
+        if enabled is None and (
+            config.getoption("loopwatch_strict") or config.getoption("loopwatch_update_baseline")
+        ):
+            enabled = True  # these switch the plugin on (see IMPLY_ENABLED)
         if enabled is None:
             # Not asked for on the command line: only complain if it was switched on elsewhere.
             try:
