@@ -1,9 +1,12 @@
-"""What ``pytest --loopwatch`` costs on a suite of many short async tests.
+"""What ``pytest --loopwatch`` and ``--loopwatch-strict`` cost on a suite of many short async tests.
 
-Generates a suite of short pytest-asyncio tests (default 500, in 10 modules,
-some with an async fixture) into a temporary directory, then runs it with and
-without ``--loopwatch``, interleaved so that machine noise hits both alike, and
-prints the median wall time of each and their ratio. The target is <= 1.05x.
+Generates a suite of short pytest-asyncio tests (default 500, in 10 modules;
+every fourth with an async fixture, every fifth with a sync fixture that writes
+a file, every tenth making one short blocking call on the loop: ``os.path.exists``)
+into a temporary directory, then runs it plain, with ``--loopwatch`` and with
+``--loopwatch-strict --loopwatch-mode=report``, interleaved so that machine
+noise hits all alike, and prints the median and fastest wall times and their
+ratios to the plain run. Targets: ``--loopwatch`` <= 1.05x, strict <= 1.15x.
 
     python benchmarks/pytest_overhead.py [--tests 500] [--repeat 5]
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 
 MODULE_HEAD = '''\
 import asyncio
+import os
 
 import pytest
 import pytest_asyncio
@@ -33,15 +37,23 @@ async def resource():
     yield {"ready": True}
     await asyncio.sleep(0)
 
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("data")
+    return path
+
 '''
 
 TEST = '''
 @pytest.mark.asyncio
-async def test_{n}({fixture}):
+async def test_{n}({fixtures}):
     await asyncio.sleep(0)
     total = sum(range({n} % 50 + 10))
-    assert total >= 0
+    assert total >= 0{blocking}
 '''
+BLOCKING = "\n    assert os.path.exists(__file__)"
 
 INI = """\
 [pytest]
@@ -51,13 +63,16 @@ asyncio_default_fixture_loop_scope = function
 
 
 def generate(root: Path, tests: int, modules: int = 10) -> None:
-    """Write the suite: `tests` tests over `modules` files; every fourth uses a fixture."""
+    """Write the suite: `tests` tests over `modules` files (see the module's docstring)."""
     (root / "pytest.ini").write_text(INI)
     per_module = -(-tests // modules)
     for m in range(modules):
         body = [MODULE_HEAD]
         for n in range(m * per_module, min(tests, (m + 1) * per_module)):
-            body.append(TEST.format(n=n, fixture="resource" if n % 4 == 0 else ""))
+            fixtures = ["resource"] * (n % 4 == 0) + ["data_file"] * (n % 5 == 0)
+            body.append(TEST.format(
+                n=n, fixtures=", ".join(fixtures), blocking=BLOCKING if n % 10 == 0 else ""
+            ))
         (root / f"test_generated_{m:02}.py").write_text("".join(body))
 
 
@@ -87,35 +102,43 @@ def main() -> None:
     parser.add_argument("--threshold", default="0.1")
     args = parser.parse_args()
 
-    watched = ["--loopwatch", f"--loopwatch-threshold={args.threshold}"]
+    modes = {
+        "plain": [],
+        "--loopwatch": ["--loopwatch", f"--loopwatch-threshold={args.threshold}"],
+        "--loopwatch-strict": [
+            "--loopwatch-strict", "--loopwatch-mode=report",
+            f"--loopwatch-threshold={args.threshold}",
+        ],
+    }
+    runs: dict[str, list[Run]] = {label: [] for label in modes}
     with tempfile.TemporaryDirectory(prefix="loopwatch-bench-") as tmp:
         root = Path(tmp)
         generate(root, args.tests)
         run_once(root, [])  # warm the import and bytecode caches
-        plain: list[Run] = []
-        loopwatch: list[Run] = []
         for _ in range(args.repeat):
-            plain.append(run_once(root, []))
-            loopwatch.append(run_once(root, watched))
+            for label, extra in modes.items():
+                runs[label].append(run_once(root, extra))
 
-    def median(runs: list[Run], index: int) -> float:
-        return statistics.median(r[index] for r in runs)
+    def median(label: str, index: int) -> float:
+        return statistics.median(r[index] for r in runs[label])
 
-    def best(runs: list[Run], index: int) -> float:
-        return min(r[index] for r in runs)
+    def best(label: str, index: int) -> float:
+        return min(r[index] for r in runs[label])
 
     columns = range(3)
     print(f"{args.tests} short pytest-asyncio tests, {args.repeat} interleaved runs each")
-    print(f"{'':24}{'process wall':>14}{'pytest says':>14}{'process CPU':>14}   process walls")
-    for label, runs in (("plain, median", plain), ("--loopwatch, median", loopwatch)):
-        walls = ", ".join(f"{r[0]:.2f}" for r in runs)
-        cells = "".join(f"{median(runs, i):>13.2f}s" for i in columns)
-        print(f"{label:24}{cells}   [{walls}]")
-    ratios = "".join(f"{median(loopwatch, i) / median(plain, i):>13.3f}x" for i in columns)
-    print(f"{'ratio of medians':24}{ratios}")
-    # On a busy machine noise only ever adds time: the fastest runs compare the costs.
-    ratios = "".join(f"{best(loopwatch, i) / best(plain, i):>13.3f}x" for i in columns)
-    print(f"{'ratio of fastest runs':24}{ratios}")
+    print(f"{'':36}{'process wall':>14}{'pytest says':>14}{'process CPU':>14}   process walls")
+    for label in modes:
+        walls = ", ".join(f"{r[0]:.2f}" for r in runs[label])
+        cells = "".join(f"{median(label, i):>13.2f}s" for i in columns)
+        print(f"{label + ', median':36}{cells}   [{walls}]")
+    for label in list(modes)[1:]:
+        ratios = "".join(f"{median(label, i) / median('plain', i):>13.3f}x" for i in columns)
+        print(f"{label + ', ratio of medians':36}{ratios}")
+        # On a busy machine noise only ever adds time: the fastest runs compare the costs.
+        ratios = "".join(f"{best(label, i) / best('plain', i):>13.3f}x" for i in columns)
+        print(f"{label + ', ratio of fastest':36}{ratios}")
+
 
 if __name__ == "__main__":
     main()
