@@ -13,15 +13,23 @@ iteration ended, which is what matters for loops that outlive one test
 (pytest-asyncio module and session loop scopes, anyio's runner). A marker
 threshold below the run's adds a short extra session for that test.
 
+With ``--loopwatch-strict`` the session is also strict: every blocking call
+on a loop's thread reaches the plugin as it is made (in that thread) and goes
+to the window open at that moment. A finding (a block over the test's
+threshold, a blocking call) does not count against its test when the marker
+allows it, a ``loopwatch_allow`` pattern matches a frame of its stack, or it is
+in the baseline.
+
 Settings are resolved once, by precedence command line > environment >
 ini file > default, into an immutable :class:`Settings`; the
-``@pytest.mark.loopwatch(threshold=..., allow=...)`` marker applies on top,
-per test.
+``@pytest.mark.loopwatch(threshold=..., allow=..., strict=...)`` marker applies
+on top, per test.
 
 This module holds the hooks; its parts live in :mod:`loopwatch._pytest`:
 ``settings`` (options, marker, the core's config), ``windows`` (which test,
-phase and fixture a block belongs to), ``results`` (what the run found, its
-JSON and the xdist merge) and ``render`` (messages and the terminal summary).
+phase and fixture a finding belongs to), ``known`` (the allow-list and the
+baseline), ``results`` (what the run found, its JSON and the xdist merge) and
+``render`` (messages and the terminal summary).
 """
 
 from __future__ import annotations

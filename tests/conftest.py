@@ -60,3 +60,13 @@ def no_loopwatch_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not STRICT.wrapped, "strict mode's wrappers outlived its sessions"
     if fds >= 0:
         assert _open_fds() <= fds, "loopwatch leaked a file descriptor"
+
+
+@pytest.fixture
+def clean_loopwatch_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generated suites (pytester) see only the LOOPWATCH_* variables a test sets."""
+    for name in list(os.environ):
+        if name.startswith("LOOPWATCH"):
+            monkeypatch.delenv(name)
+    # wide enough that short test summary lines are not cut
+    monkeypatch.setenv("COLUMNS", "240")

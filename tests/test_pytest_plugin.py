@@ -15,6 +15,7 @@ import pytest
 from loopwatch.pytest_plugin import SettingsError, resolve_settings
 
 pytest_plugins = "pytester"
+pytestmark = pytest.mark.usefixtures("clean_loopwatch_env")
 
 WATCH = ("--loopwatch", "--loopwatch-threshold=0.05")
 
@@ -23,18 +24,6 @@ INI = """
 asyncio_mode = {mode}
 asyncio_default_fixture_loop_scope = function
 """
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The generated suites see only the LOOPWATCH_* variables a test sets."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("LOOPWATCH"):
-            monkeypatch.delenv(name)
-    # wide enough that short test summary lines are not cut
-    monkeypatch.setenv("COLUMNS", "240")
 
 
 def write(pytester: pytest.Pytester, name: str, source: str, *, mode: str = "strict",

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 pytest_plugins = "pytester"
+pytestmark = pytest.mark.usefixtures("clean_loopwatch_env")
 
 INI = """
 [pytest]
@@ -288,16 +289,6 @@ def pytester_module(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     return "freshly_written_module"
 '''
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("LOOPWATCH"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("COLUMNS", "240")
 
 
 def suite(

@@ -163,9 +163,10 @@ class Renderer:
         ratio = f", cpu {block.cpu_ratio:.0%}" if block.cpu_ratio is not None else ""
         task = f", task {block.task}" if block.task else ""
         accuracy = " (uvloop: to within one heartbeat)" if block.resolution == "heartbeat" else ""
+        excuse = f" ({seen.excuse})" if seen.excuse else ""
         lines = [
             f"{milliseconds(block.duration)}{accuracy} in {seen.where}: {where} in "
-            f"{block.function or '?'} [{block.kind}{ratio}{task}]"
+            f"{block.function or '?'} [{block.kind}{ratio}{task}]{excuse}"
         ]
         lines.extend(self._stack(block.frames, block.site))
         if block.advice:

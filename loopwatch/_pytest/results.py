@@ -32,6 +32,22 @@ def _seen_call_from(data: dict[str, Any]) -> SeenCall:
 
 
 @dataclass
+class _Budget:
+    """How many findings of one kind are kept in detail; past that they are only counted."""
+
+    limit: int
+    taken: int = 0
+    dropped: int = 0
+
+    def take(self) -> bool:
+        if self.taken >= self.limit:
+            self.dropped += 1
+            return False
+        self.taken += 1
+        return True
+
+
+@dataclass
 class CallSite:
     """One blocking call at one line (strict mode), over the run."""
 
@@ -65,18 +81,16 @@ class Results:
         self.flagged: dict[str, str] = {}
         self.tests_run = 0
         self.watched = False
-        self.dropped = 0
         self.events: list[str] = []
         self.errors: list[str] = []
-        self._kept = 0
+        self._blocks_kept = _Budget(MAX_KEPT_BLOCKS)
         self._sites = SiteTable()
         self._tests_at: dict[str, list[str]] = {}
         #: strict mode
         self.strict = False
         self.calls: dict[str, list[SeenCall]] = {}
         self.outside_calls: list[SeenCall] = []
-        self.dropped_calls = 0
-        self._kept_calls = 0
+        self._calls_kept = _Budget(MAX_KEPT_BLOCKS)
         self._call_sites: dict[tuple[str, str | None], CallSite] = {}
         #: the baseline: the findings of this run (allowed ones left out), and the file's
         self.found: set[Key] = set()
@@ -91,11 +105,7 @@ class Results:
             tests = self._tests_at.setdefault(block.site or "<unknown>", [])
             if nodeid not in tests:
                 tests.append(nodeid)
-        if self._kept >= MAX_KEPT_BLOCKS:
-            self.dropped += 1
-            return False
-        self._kept += 1
-        return True
+        return self._blocks_kept.take()
 
     def add_outside(self, seen: Seen) -> None:
         if self.count(seen, None):
@@ -113,11 +123,7 @@ class Results:
         site.counted += seen.excuse is None and nodeid is not None
         if nodeid is not None and nodeid not in site.tests:
             site.tests.append(nodeid)
-        if self._kept_calls >= MAX_KEPT_BLOCKS:
-            self.dropped_calls += 1
-            return False
-        self._kept_calls += 1
-        return True
+        return self._calls_kept.take()
 
     def add_outside_call(self, seen: SeenCall) -> None:
         if self.count_call(seen, None):
@@ -142,7 +148,7 @@ class Results:
     @property
     def blocks(self) -> int:
         """Blocks found, kept in detail or not."""
-        return self._kept + self.dropped
+        return self._blocks_kept.taken + self._blocks_kept.dropped
 
     @property
     def blocked_total(self) -> float:
@@ -183,7 +189,7 @@ class Results:
             "flagged": dict(self.flagged),
             "tests_run": self.tests_run,
             "watched": self.watched,
-            "dropped_blocks": self.dropped,
+            "dropped_blocks": self._blocks_kept.dropped,
             "events": list(dict.fromkeys(self.events)),
             "errors": list(self.errors),
             "sites": [
@@ -192,7 +198,7 @@ class Results:
             "strict": self.strict,
             "calls": {nodeid: [c.to_dict() for c in calls] for nodeid, calls in self.calls.items()},
             "outside_tests_calls": [c.to_dict() for c in self.outside_calls],
-            "dropped_calls": self.dropped_calls,
+            "dropped_calls": self._calls_kept.dropped,
             "call_sites": [site.to_dict() for site in self.call_sites()],
             "found": [key.to_dict() for key in sorted(self.found)],
         }
@@ -208,7 +214,7 @@ class Results:
         for nodeid, calls in data.get("calls", {}).items():
             self.calls.setdefault(nodeid, []).extend(map(_seen_call_from, calls))
         self.outside_calls.extend(map(_seen_call_from, data.get("outside_tests_calls", ())))
-        self.dropped_calls += data.get("dropped_calls", 0)
+        self._calls_kept.dropped += data.get("dropped_calls", 0)
         for item in data.get("call_sites", ()):
             site = self._call_sites.setdefault(
                 (item["call"], item["site"]), CallSite(item["call"], item["site"], item["function"])
@@ -222,7 +228,7 @@ class Results:
         self.tests_run += data.get("tests_run", 0)
         self.watched = self.watched or data.get("watched", False)
         # Blocks a worker did not keep in detail are not in its lists: count them here.
-        self.dropped += data.get("dropped_blocks", 0)
+        self._blocks_kept.dropped += data.get("dropped_blocks", 0)
         for message in data.get("events", ()):
             if message not in self.events:
                 self.events.append(message)

@@ -32,14 +32,30 @@ _PHASE_NAMES = {
 }
 
 
-def _where(phase: Phase, fixture: str | None, action: str | None) -> str:
-    if fixture:
-        return f"{action or phase} of fixture {fixture!r}"
-    return _PHASE_NAMES[phase]
+class _InWindow:
+    """Where in the run a finding was made, and whether it counts (shared by both kinds)."""
+
+    phase: Phase
+    fixture: str | None
+    fixture_action: str | None
+    excuse: str | None
+
+    @property
+    def where(self) -> str:
+        if self.fixture:
+            return f"{self.fixture_action or self.phase} of fixture {self.fixture!r}"
+        return _PHASE_NAMES[self.phase]
+
+    def _placed(self, data: dict[str, Any]) -> dict[str, Any]:
+        data.update(
+            phase=self.phase, fixture=self.fixture, fixture_action=self.fixture_action,
+            excuse=self.excuse,
+        )
+        return data
 
 
 @dataclass(frozen=True)
-class Seen:
+class Seen(_InWindow):
     """A block and where in the run it happened."""
 
     block: Block
@@ -47,23 +63,14 @@ class Seen:
     fixture: str | None = None
     fixture_action: str | None = None
     excuse: str | None = None
-    """Why it does not count against the test (an allow-list pattern, the baseline)."""
-
-    @property
-    def where(self) -> str:
-        return _where(self.phase, self.fixture, self.fixture_action)
+    """Why it does not count against the test (the marker, an allow-list pattern, the baseline)."""
 
     def to_dict(self) -> dict[str, Any]:
-        data = self.block.to_dict()
-        data["phase"] = self.phase
-        data["fixture"] = self.fixture
-        data["fixture_action"] = self.fixture_action
-        data["excuse"] = self.excuse
-        return data
+        return self._placed(self.block.to_dict())
 
 
 @dataclass(frozen=True)
-class SeenCall:
+class SeenCall(_InWindow):
     """A blocking call (strict mode) and where in the run it happened."""
 
     call: BlockingCall
@@ -72,17 +79,8 @@ class SeenCall:
     fixture_action: str | None = None
     excuse: str | None = None
 
-    @property
-    def where(self) -> str:
-        return _where(self.phase, self.fixture, self.fixture_action)
-
     def to_dict(self) -> dict[str, Any]:
-        data = self.call.to_dict()
-        data["phase"] = self.phase
-        data["fixture"] = self.fixture
-        data["fixture_action"] = self.fixture_action
-        data["excuse"] = self.excuse
-        return data
+        return self._placed(self.call.to_dict())
 
 
 Label = tuple[Phase, "str | None", "str | None"]
