@@ -162,3 +162,61 @@ def test_calls_go_to_json_and_back(tmp_path: Path) -> None:
     report.save(path)
     again = loopwatch.Report.load(path)
     assert again.calls == report.calls and again.calls[0].site == line_of("# strict: json")
+
+
+def test_wrappers_are_removed_and_locks_made_meanwhile_keep_working() -> None:
+    """After the last strict session: the originals are back; its locks still lock."""
+    originals = (os.stat, os.fsync, socket.socket.recv, threading.Lock, threading.RLock,
+                 threading.Condition.wait, threading.Thread.join)
+    results: list[Any] = []
+
+    async def main() -> None:
+        lock, rlock = threading.Lock(), threading.RLock()
+        condition = threading.Condition(rlock)
+        results.extend([lock, rlock])
+
+        def notify_later() -> None:
+            with condition:
+                condition.notify_all()
+
+        with condition:  # a wrapped RLock under a Condition: wait releases it, notify wakes it
+            threading.Timer(0.02, notify_later).start()
+            assert condition.wait(timeout=10)
+        await asyncio.sleep(0)
+
+    with loopwatch.watch(threshold=0.5, strict=True) as session:
+        asyncio.run(main())
+    assert (os.stat, os.fsync, socket.socket.recv, threading.Lock, threading.RLock,
+            threading.Condition.wait, threading.Thread.join) == originals
+    assert [c.call for c in session.report().calls] == ["threading.Condition.wait"]
+    lock, rlock = results
+    assert lock.acquire(timeout=1) and lock.locked()
+    lock.release()
+    with rlock, rlock:
+        pass
+
+
+def test_a_lock_only_counts_when_it_has_to_wait() -> None:
+    """A free lock is no finding; one held by another thread is, at the line that waited."""
+
+    async def main() -> None:
+        lock = threading.Lock()
+        with lock:
+            pass  # free: no finding
+        taken, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with lock:
+                taken.set()
+                release.wait(10)
+
+        threading.Thread(target=hold).start()
+        await asyncio.to_thread(taken.wait, 10)
+        threading.Timer(0.02, release.set).start()
+        lock.acquire()  # strict: contended
+        lock.release()
+
+    calls = strict_calls(main)
+    assert [(c.call, c.site) for c in calls] == [
+        ("threading.Lock.acquire", line_of("# strict: contended"))
+    ]
