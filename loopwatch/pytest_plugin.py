@@ -678,6 +678,14 @@ class LoopwatchPlugin:
             return []
         return [s.block for s in state.seen if s.block.duration > state.rules.threshold]
 
+    def calls_of(self, nodeid: str) -> list[BlockingCall]:
+        """Strict mode: the blocking calls of the running test so far (setup and call)."""
+        self._drain(in_loop=True)
+        state = self._current
+        if state is None or state.nodeid != nodeid:
+            return []
+        return [s.call for s in state.calls]
+
     # -- output -------------------------------------------------------------------
 
     def _write_baseline(self, path: Path) -> None:
@@ -724,14 +732,25 @@ class LoopwatchBlocks:
 
     __test__ = False  # not a test class, whatever its name
 
-    def __init__(self, threshold: float, read: Callable[[], list[Block]]) -> None:
+    def __init__(
+        self,
+        threshold: float,
+        read: Callable[[], list[Block]],
+        read_calls: Callable[[], list[BlockingCall]] = list,
+    ) -> None:
         self.threshold = threshold
         self._read = read
+        self._read_calls = read_calls
 
     @property
     def blocks(self) -> list[Block]:
         """Blocks longer than the test's threshold, in setup and the test so far, oldest first."""
         return self._read()
+
+    @property
+    def calls(self) -> list[BlockingCall]:
+        """In strict mode, the blocking calls made on a loop's thread so far, oldest first."""
+        return self._read_calls()
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -746,7 +765,8 @@ def loopwatch(request: pytest.FixtureRequest) -> Generator[LoopwatchBlocks, None
 
     With ``--loopwatch`` these are the blocks the plugin attributes to the test;
     without it, a watch session runs for the test's duration. Use
-    ``@pytest.mark.loopwatch(allow=True)`` on a test that blocks on purpose.
+    ``@pytest.mark.loopwatch(allow=True)`` on a test that blocks on purpose, and
+    ``strict=True`` to see its blocking calls in ``.calls``.
     """
     config = request.config
     plugin = config.pluginmanager.get_plugin(PLUGIN_NAME)
@@ -754,22 +774,28 @@ def loopwatch(request: pytest.FixtureRequest) -> Generator[LoopwatchBlocks, None
     if isinstance(plugin, LoopwatchPlugin) and plugin._session is not None:
         state = plugin._current
         threshold = state.rules.threshold if state is not None else plugin.settings.threshold
-        yield LoopwatchBlocks(threshold, lambda: plugin.blocks_of(nodeid))
+        yield LoopwatchBlocks(
+            threshold, lambda: plugin.blocks_of(nodeid), lambda: plugin.calls_of(nodeid)
+        )
         return
     problem = config.stash.get(_settings_error_key, None)
     if problem:
         pytest.fail(problem, pytrace=False)
     settings = config.stash.get(_settings_key, None) or Settings()
     try:
-        rules = rules_for(request.node, settings.threshold)
+        rules = rules_for(request.node, settings.threshold, settings.strict)
     except ConfigError as error:
         pytest.fail(str(error), pytrace=False)
     from loopwatch.session import Session
 
-    session = Session(core_config(rules.threshold, max_blocks=1000), log_blocks=False)
+    session = Session(
+        core_config(rules.threshold, max_blocks=1000, strict=rules.strict), log_blocks=False
+    )
     session.start()
     try:
-        yield LoopwatchBlocks(rules.threshold, lambda: list(session.blocks))
+        yield LoopwatchBlocks(
+            rules.threshold, lambda: list(session.blocks), lambda: list(session.report().calls)
+        )
     finally:
         session.stop()
 

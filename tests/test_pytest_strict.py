@@ -688,3 +688,25 @@ def test_suite_passes_without_strict(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=tests)
     assert "strict mode" not in result.stdout.str()
 
+
+
+FIXTURE = '''
+import os
+
+import pytest
+
+
+@pytest.mark.asyncio
+@pytest.mark.loopwatch(allow=True, strict=True)
+async def test_asserts_on_its_calls(loopwatch, tmp_path):
+    os.listdir(tmp_path)
+    assert [call.call for call in loopwatch.calls] == ["os.listdir"]
+    assert loopwatch.calls[0].site.endswith("test_fixture.py:9")
+'''
+
+
+@pytest.mark.parametrize("watch", [True, False])
+def test_the_fixture_gives_a_test_its_calls(pytester: pytest.Pytester, watch: bool) -> None:
+    """``loopwatch.calls``: with the plugin on, and with the fixture's own session."""
+    suite(pytester, test_fixture=FIXTURE)
+    run(pytester, *(["--loopwatch"] if watch else [])).assert_outcomes(passed=1)
