@@ -34,6 +34,7 @@ baseline), ``results`` (what the run found, its JSON and the xdist merge) and
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -212,8 +213,28 @@ _settings_key = pytest.StashKey[Settings]()
 _settings_error_key = pytest.StashKey[str]()
 
 
+#: Options whose value is a path: given apart from its value, a path that exists
+#: is also taken by pytest as a test path when it looks for the rootdir and ini file.
+_PATH_OPTIONS = ("--loopwatch-json", "--loopwatch-baseline")
+
+
+def _warn_about_path_options(config: pytest.Config) -> None:
+    args = [str(a) for a in config.invocation_params.args]
+    for option, value in itertools.pairwise(args):
+        if option in _PATH_OPTIONS and Path(config.invocation_params.dir, value).exists():
+            config.issue_config_time_warning(
+                pytest.PytestConfigWarning(
+                    f"loopwatch: write {option}={value} (with '='): given apart, pytest "
+                    f"also reads the existing path {value!r} as a test path when it looks "
+                    "for the rootdir and the ini file, which may then not be the project's"
+                ),
+                stacklevel=2,
+            )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_DOC)
+    _warn_about_path_options(config)
     try:
         settings = _settings_from(config)
     except ConfigError as error:

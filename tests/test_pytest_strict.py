@@ -710,3 +710,17 @@ def test_the_fixture_gives_a_test_its_calls(pytester: pytest.Pytester, watch: bo
     """``loopwatch.calls``: with the plugin on, and with the fixture's own session."""
     suite(pytester, test_fixture=FIXTURE)
     run(pytester, *(["--loopwatch"] if watch else [])).assert_outcomes(passed=1)
+
+
+def test_a_path_option_given_apart_from_its_value_is_warned_about(
+    pytester: pytest.Pytester,
+) -> None:
+    """pytest reads `--loopwatch-json out.json` (out.json existing) as a test path too."""
+    suite(pytester, test_modes=MODES)
+    (pytester.path / "out.json").write_text("{}")
+    result = run(pytester, "--loopwatch", "--loopwatch-json", "out.json")
+    result.stdout.fnmatch_lines([
+        "*PytestConfigWarning: loopwatch: write --loopwatch-json=out.json (with '='): *",
+    ])
+    quiet = run(pytester, "--loopwatch", "--loopwatch-json=out.json")
+    assert "PytestConfigWarning" not in quiet.stdout.str()

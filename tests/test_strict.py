@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import http.server
 import logging
 import os
@@ -219,4 +220,32 @@ def test_a_lock_only_counts_when_it_has_to_wait() -> None:
     calls = strict_calls(main)
     assert [(c.call, c.site) for c in calls] == [
         ("threading.Lock.acquire", line_of("# strict: contended"))
+    ]
+
+
+def test_what_only_looks_like_blocking_is_not_a_finding() -> None:
+    """An in-memory SQLite database; asyncio's debug mode reading source lines for its
+    tracebacks (linecache stats files on every call_soon and create_task)."""
+
+    async def main() -> None:
+        sqlite3.connect(":memory:").close()
+        sqlite3.connect("file:shared?mode=memory&cache=shared", uri=True).close()
+        for _ in range(20):
+            await asyncio.create_task(asyncio.sleep(0))
+
+    with loopwatch.watch(threshold=0.5, strict=True) as session:
+        asyncio.run(main(), debug=True)
+    assert session.report().calls == ()
+
+
+def test_a_wait_is_named_after_what_the_program_called() -> None:
+    """Leaving `with ThreadPoolExecutor()` joins its threads: named after shutdown."""
+
+    async def main() -> None:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # strict: shutdown
+            pool.submit(time.sleep, 0.02)
+
+    calls = strict_calls(main)
+    assert [(c.call, c.site) for c in calls] == [
+        ("concurrent.futures.thread.ThreadPoolExecutor.shutdown", line_of("# strict: shutdown"))
     ]

@@ -20,6 +20,7 @@ installed while a strict session runs and removed after.
 from __future__ import annotations
 
 import asyncio
+import linecache
 import os
 import sys
 import threading
@@ -70,6 +71,9 @@ _SPAWNS = frozenset({"os.posix_spawn", "os.system", "os.fork", "os.exec"})
 #: (file, function) that waits on another thread by design, for an instant: Thread.start
 #: waits for the new thread to say it runs
 _BRIEF_WAITS = frozenset({(threading.__file__, "start")})
+#: waits named after the function of the standard library (or a library) that waited
+_WAITS = frozenset({"threading.Condition.wait", "threading.Thread.join"})
+_LINECACHE = linecache.__file__
 _OWN = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 #: frames looked at for a call's stack
@@ -91,6 +95,15 @@ def _short(about: Any) -> str:
         about = os.fsdecode(about)
     text = about if isinstance(about, str) else repr(about)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _in_memory(database: Any) -> bool:
+    """An SQLite database with no file behind it: ":memory:", or a URI with mode=memory."""
+    if not isinstance(database, str):
+        return False
+    return database == ":memory:" or (
+        database.startswith("file:") and "mode=memory" in database
+    )
 
 
 def _api_name(frame: FrameType) -> str:
@@ -144,6 +157,8 @@ class Strict:
             return
         if event.startswith("socket.") and args and not blocking_socket(args[0]):
             return  # asyncio's own sockets (and any other non-blocking one)
+        if event == "sqlite3.connect" and args and _in_memory(args[0]):
+            return  # no file behind it
         self._record(call, _detail(event, args), spawn=event in _SPAWNS)
 
     def _wrapped_call(self, call: str, about: Any) -> None:
@@ -166,37 +181,50 @@ class Strict:
             self._inside.busy = False
 
     def _examine(self, call: str, detail: str, spawn: bool) -> BlockingCall | None:
-        frame: FrameType | None = sys._getframe(3)  # in the blocking function, or its caller
+        first: FrameType | None = sys._getframe(3)  # in the blocking function, or its caller
+        # A quick pass from the call outward to the program's own code: most calls that
+        # are not findings are known there, before any Frame is built (asyncio's debug
+        # mode has linecache stat source files on every call_soon).
+        caller: FrameType | None = None  # the innermost frame that is not loopwatch's
+        frame = first
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if not filename.startswith(_OWN):
+                if caller is None:
+                    caller = frame
+                    if filename == _LINECACHE:
+                        return None  # source lines for a traceback
+                if filename.startswith(_ASYNCIO):
+                    return None  # asyncio calling for itself (its transports, its sockets)
+                if spawn and filename == _SUBPROCESS:
+                    return None  # subprocess.Popen starting its child: reported as that already
+                if (filename, frame.f_code.co_name) in _BRIEF_WAITS and call in _WAITS:
+                    return None
+                if filename.startswith("<frozen importlib"):
+                    return None  # reading a module to import it
+                if self.user_code(filename):
+                    break  # the program's own call
+            frame = frame.f_back
+        program = frame
         frames: list[Frame] = []
-        called: list[FrameType] = []  # the program's frames' callees, for a wait's name
+        frame = first
         while frame is not None and len(frames) < _MAX_FRAMES:
             filename = frame.f_code.co_filename
             if filename.startswith("<frozen importlib"):
-                return None  # reading a module to import it
+                return None  # the program's code running as its module is imported
             if not filename.startswith(_OWN):
                 frames.append(Frame(filename, frame.f_lineno, frame.f_code.co_name))
-                called.append(frame)
             frame = frame.f_back
         del frame
         frames.reverse()  # innermost last
-        called.reverse()
-        for outward in reversed(frames):
-            if outward.file.startswith(_ASYNCIO):
-                return None  # asyncio calling for itself (its subprocess transport, its sockets)
-            if spawn and outward.file == _SUBPROCESS:
-                return None  # subprocess.Popen starting its child: reported as that already
-            if self.user_code(outward.file):
-                break  # the program's own call
         innermost = frames[-1] if frames else None
         index = self.user_code.site_index(tuple(frames))
         site = frames[index] if index is not None else innermost
-        if call == "threading.Condition.wait" and index is not None:
-            if any((f.file, f.function) in _BRIEF_WAITS for f in frames[index + 1 :]):
-                return None
-            if index + 1 < len(called):
-                # what the program called: threading.Event.wait, queue.Queue.get, ...
-                call = _api_name(called[index + 1])
-        del called
+        if call in _WAITS and caller is not None and caller is not program:
+            # named after what the program called: queue.Queue.get, Future.result,
+            # ThreadPoolExecutor.shutdown... rather than the wait inside it
+            call = _api_name(caller)
+        del caller, program
         task = asyncio.current_task()
         return BlockingCall(
             call=call,
