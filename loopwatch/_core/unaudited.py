@@ -37,6 +37,7 @@ _LINECACHE = linecache.__file__
 
 _SOCKET_CALLS = (
     "recv", "recv_into", "recvfrom", "recvfrom_into", "send", "sendall", "sendto", "accept",
+    "sendfile",
 )
 
 
