@@ -146,9 +146,19 @@ class Results:
         return self._tests_at.get(site, [])
 
     @property
+    def dropped(self) -> int:
+        """Blocks counted but not kept in detail."""
+        return self._blocks_kept.dropped
+
+    @property
+    def dropped_calls(self) -> int:
+        """Blocking calls counted but not kept in detail."""
+        return self._calls_kept.dropped
+
+    @property
     def blocks(self) -> int:
         """Blocks found, kept in detail or not."""
-        return self._blocks_kept.taken + self._blocks_kept.dropped
+        return self._blocks_kept.taken + self.dropped
 
     @property
     def blocked_total(self) -> float:
@@ -189,7 +199,7 @@ class Results:
             "flagged": dict(self.flagged),
             "tests_run": self.tests_run,
             "watched": self.watched,
-            "dropped_blocks": self._blocks_kept.dropped,
+            "dropped_blocks": self.dropped,
             "events": list(dict.fromkeys(self.events)),
             "errors": list(self.errors),
             "sites": [
@@ -198,7 +208,7 @@ class Results:
             "strict": self.strict,
             "calls": {nodeid: [c.to_dict() for c in calls] for nodeid, calls in self.calls.items()},
             "outside_tests_calls": [c.to_dict() for c in self.outside_calls],
-            "dropped_calls": self._calls_kept.dropped,
+            "dropped_calls": self.dropped_calls,
             "call_sites": [site.to_dict() for site in self.call_sites()],
             "found": [key.to_dict() for key in sorted(self.found)],
         }
