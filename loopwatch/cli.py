@@ -1,8 +1,9 @@
-"""Command line: ``python -m loopwatch run|report|demo``.
+"""Command line: ``loopwatch run|report|demo`` (or ``python -m loopwatch ...``).
 
 Usage errors print one line and exit 2; they never show a traceback. A watched
 script's own exceptions are shown as Python would show them, and its exit
-status becomes loopwatch's.
+status becomes loopwatch's; Ctrl-C ends it with the report and status 130;
+``run --fail-on-block`` exits 3 when anything blocked.
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from loopwatch.config import ConfigError
 from loopwatch.model import Report
 from loopwatch.session import Session, watch
 
-PROG = "python -m loopwatch"
+#: Exit statuses of our own (a watched program's status is passed on otherwise).
+USAGE_ERROR = 2
+BLOCKED = 3
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a program ended by Ctrl-C
+
+
+def program_name(argv0: str | None = None) -> str:
+    """How the user invoked us: ``loopwatch`` (the console script) or ``python -m loopwatch``."""
+    name = os.path.basename(sys.argv[0] if argv0 is None else argv0)
+    if name in ("", "-c", "-m", "__main__.py") or name.startswith("python"):
+        return "python -m loopwatch"
+    return name.removesuffix(".exe")
 
 
 class _UsageError(Exception):
@@ -40,11 +52,12 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(
-        prog=PROG,
+        prog=prog or program_name(),
         description="Find what blocks your asyncio event loop.",
     )
+    parser.add_argument("--version", action="version", version=f"loopwatch {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
@@ -74,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also list every blocking call made on a loop's thread, however "
                      "short (time.sleep, open, socket.connect, subprocess...)")
     run.add_argument("--quiet", action="store_true", help="do not print the report")
+    run.add_argument("--fail-on-block", action="store_true", dest="fail_on_block",
+                     help=f"exit with status {BLOCKED} if anything blocked (with --strict, "
+                     "also if a blocking call was made on a loop's thread), for CI jobs")
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="script.py [args ...]")
 
@@ -124,10 +140,17 @@ def _split_module_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
     return argv, None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def _version() -> str:
+    import loopwatch
+
+    return str(loopwatch.__version__)
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = build_parser(prog)
     words, module_args = _split_module_run(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(words)
+    args.prog = parser.prog
     if module_args is not None:
         args.argv = module_args
     try:
@@ -139,8 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_main()
     except _UsageError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -224,8 +247,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         _write_outputs(report, args)
     except _UsageError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        print(f"{args.prog}: error: {error}", file=sys.stderr)
         return status or 1
+    blocked = report.blocks or report.dropped_blocks or report.calls
+    if args.fail_on_block and blocked and status != INTERRUPTED:
+        return BLOCKED
     return status
 
 
@@ -259,6 +285,10 @@ def _execute(session: Session, target: str, script_args: list[str], *, is_module
                 runpy.run_path(target, run_name="__main__")
     except SystemExit as exit_:
         status = _exit_status(exit_.code)
+    except KeyboardInterrupt:
+        # Ctrl-C: what was found so far is the point; the program's traceback is not
+        print(f"\n{os.path.basename(target)}: interrupted", file=sys.stderr)
+        status = INTERRUPTED
     except BaseException:
         # The script's own failure: show it as Python would, then report anyway.
         traceback.print_exc()

@@ -147,3 +147,80 @@ def test_demo_finds_five_kinds_of_block(tmp_path: Path) -> None:
     for function in ("rate_limit", "hash_password", "parse_payload", "call_api",
                      "save_audit_log"):
         assert f"in {function}" in result.stderr
+
+
+def test_version_and_the_program_named_as_invoked(tmp_path: Path) -> None:
+    """--version; usage and errors say `loopwatch` or `python -m loopwatch`, as typed."""
+    console = Path(sys.executable).with_name("loopwatch")
+    if not console.exists():
+        pytest.skip("the console script is not installed next to this interpreter")
+    import loopwatch as package
+
+    for command, name in (([str(console)], "loopwatch"),
+                          ([sys.executable, "-m", "loopwatch"], "python -m loopwatch")):
+        version = subprocess.run([*command, "--version"], capture_output=True, text=True,
+                                 timeout=60, cwd=tmp_path)
+        assert (version.returncode, version.stdout) == (0, f"loopwatch {package.__version__}\n")
+        missing = subprocess.run([*command, "run", "missing.py"], capture_output=True,
+                                 text=True, timeout=60, cwd=tmp_path)
+        assert missing.returncode == 2
+        assert missing.stderr == f"{name}: error: script not found: missing.py\n"
+        bad = subprocess.run([*command, "frobnicate"], capture_output=True, text=True,
+                             timeout=60, cwd=tmp_path)
+        assert bad.stderr.startswith(f"usage: {name} ")
+        assert f"{name}: error: argument COMMAND: invalid choice" in bad.stderr
+
+
+INTERRUPTED_SCRIPT = """
+import asyncio, time
+
+async def main():
+    time.sleep(0.15)  # the blocking line
+    print("ready", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("fail_on_block", [False, True])
+def test_ctrl_c_prints_the_report_without_a_traceback_and_exits_130(
+    tmp_path: Path, fail_on_block: bool
+) -> None:
+    import signal
+
+    (tmp_path / "app.py").write_text(textwrap.dedent(INTERRUPTED_SCRIPT))
+    flags = ["--fail-on-block"] if fail_on_block else []
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loopwatch", "run", *flags, "app.py"], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130  # interrupted wins over --fail-on-block
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert "app.py: interrupted" in stderr
+    assert "loopwatch: 1 block over 100 ms" in stderr and "app.py:5 in main" in stderr
+
+
+@pytest.mark.parametrize(
+    ("ending", "extra", "status"),
+    [
+        ("pass", [], 3),  # blocked: 3
+        ("sys.exit(5)", [], 3),  # blocked wins over the script's own status
+        ("pass", ["--threshold", "5"], 0),  # nothing over the threshold: the script's status
+        ("sys.exit(5)", ["--threshold", "5"], 5),
+        ("pass", ["--threshold", "5", "--strict"], 3),  # a blocking call in strict mode
+    ],
+)
+def test_fail_on_block_exits_3_when_anything_blocked(
+    tmp_path: Path, ending: str, extra: list[str], status: int
+) -> None:
+    script(tmp_path, ending=ending)
+    result = loopwatch("run", "--fail-on-block", *extra, "app.py", cwd=tmp_path)
+    assert result.returncode == status, result.stderr
