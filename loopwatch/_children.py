@@ -295,7 +295,7 @@ def start() -> None:
                 return
             writer = _Writer(spec["dir"])
             options = dict(spec.get("config", {}), mode="report", subprocesses=True)
-            config = Config.resolve(env={}, **options)
+            config = Config.resolve(env={}, project=False, **options)  # as the parent has it
             session = Session(config, listener=writer.block, log_blocks=False)
             writer.attach(session)
             _child = writer

@@ -1,9 +1,10 @@
 """Configuration: one validated, immutable object shared by every entry surface.
 
 The same field names are used for keyword arguments, CLI flags (``--threshold``),
-environment variables (``LOOPWATCH_THRESHOLD``) and pytest ini keys
-(``loopwatch_threshold``). Values are validated once, here, and a bad value is
-reported with the field, the value, where it came from and what is allowed.
+environment variables (``LOOPWATCH_THRESHOLD``), the ``[tool.loopwatch]`` table
+of the nearest ``pyproject.toml`` and pytest ini keys (``loopwatch_threshold``).
+Values are validated once, here, and a bad value is reported with the field,
+the value, where it came from and what is allowed.
 """
 
 from __future__ import annotations
@@ -96,11 +97,16 @@ class Config:
         *,
         env: Mapping[str, str] | None = None,
         ini: Mapping[str, Any] | None = None,
+        project: str | os.PathLike[str] | Literal[False] | None = None,
         **kwargs: Any,
     ) -> Config:
-        """Build a Config from, by precedence: kwargs > environment > ini > defaults.
+        """Build a Config from, by precedence: kwargs > environment > the
+        ``[tool.loopwatch]`` table of the nearest ``pyproject.toml`` > ini > defaults.
 
-        >>> Config.resolve(env={"LOOPWATCH_THRESHOLD": "0.2"}).threshold
+        ``project``: the folder to look for ``pyproject.toml`` from, upwards
+        (default: the current directory); ``False``: do not look.
+
+        >>> Config.resolve(env={"LOOPWATCH_THRESHOLD": "0.2"}, project=False).threshold
         0.2
         """
         names = {f.name for f in fields(cls)}
@@ -110,9 +116,18 @@ class Config:
                 f"unknown loopwatch option {unknown[0]!r}; "
                 f"known options: {', '.join(sorted(names))}"
             )
+        table, path = ({}, None) if project is False else pyproject_table(project)
+        file_names = names - {"on_block", "sinks"}  # objects: not settable from a file
+        for key in table:
+            if key not in file_names:
+                raise ConfigError(
+                    key, table[key], f"[tool.loopwatch] in {path}",
+                    f"not a loopwatch option; known: {', '.join(sorted(file_names))}",
+                )
         chosen = by_precedence(names, [
             (kwargs, lambda name: "argument"),
             (_env_values(env, names), lambda name: f"environment variable {_env_name(name)}"),
+            (table, lambda name: f"[tool.loopwatch] {name} in {path}"),
             (ini or {}, lambda name: f"ini option loopwatch_{name}"),
         ])
         values: dict[str, Any] = {}
@@ -133,6 +148,58 @@ class Config:
     def with_changes(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+
+_PYPROJECT_CACHE: dict[str, tuple[int, dict[str, Any]]] = {}
+
+
+def find_pyproject(start: str | os.PathLike[str] | None = None) -> str | None:
+    """The nearest ``pyproject.toml`` from ``start`` (default: the current directory) up."""
+    folder = os.path.abspath(start if start is not None else os.getcwd())
+    while True:
+        candidate = os.path.join(folder, "pyproject.toml")
+        if os.path.isfile(candidate):
+            return candidate
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def pyproject_table(
+    start: str | os.PathLike[str] | None = None,
+) -> tuple[dict[str, Any], str | None]:
+    """The ``[tool.loopwatch]`` table of the nearest ``pyproject.toml``, and that file.
+
+    A file that does not parse is an error only if it seems to have the table
+    (a project's broken file is not loopwatch's business otherwise).
+    """
+    path = find_pyproject(start)
+    if path is None:
+        return {}, None
+    try:
+        stamp = os.stat(path).st_mtime_ns
+        cached = _PYPROJECT_CACHE.get(path)
+        if cached is not None and cached[0] == stamp:
+            return dict(cached[1]), path
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return {}, None
+    import tomllib
+
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        if b"tool.loopwatch" not in raw:
+            return {}, path
+        raise ConfigError("pyproject", path, "the [tool.loopwatch] table", f"not TOML: {error}")
+    table = document.get("tool", {}).get("loopwatch", {})
+    if not isinstance(table, dict):
+        raise ConfigError("pyproject", path, "the [tool.loopwatch] table", "expected a table")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    _PYPROJECT_CACHE[path] = (stamp, values)
+    return dict(values), path
 
 
 #: Where one layer of settings comes from: its values by setting name, and how to
