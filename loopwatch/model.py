@@ -289,6 +289,9 @@ class LoopStats(_Plain):
     lag_max: float | None = None
     pid: int | None = None
     """The process the loop ran in."""
+    timeline: tuple[tuple[float, float, float | None], ...] = ()
+    """Per one-second window, oldest first (the last ten minutes): (wall-clock start,
+    busy share, worst lag in it or None when no heartbeat came back then)."""
 
     #: Busier than this in any window, and latency climbs fast.
     SATURATED = 0.3
@@ -308,7 +311,14 @@ class LoopStats(_Plain):
         data = super().to_dict()
         data["busy_fraction"] = round(self.busy_fraction, 4)
         data["saturated"] = self.saturated
+        data["timeline"] = [list(point) for point in self.timeline]
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoopStats:
+        stats = super().from_dict(data)
+        points = tuple((start, share, lag) for start, share, lag in stats.timeline)
+        return replace(stats, timeline=points)
 
 
 

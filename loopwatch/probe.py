@@ -217,6 +217,8 @@ class Probe:
         self._clock = clock if clock is not None else ThreadClock(thread_id, native_id)
         #: event-loop lag: how late each of the watchdog's pings ran (seconds)
         self.lags: deque[float] = deque(maxlen=_LAGS_KEEP)
+        #: (when it was answered, lag) of the latest pings, for the timeline
+        self.lags_at: deque[tuple[float, float]] = deque(maxlen=_LAGS_KEEP)
         self._ping_sent = 0.0
         self._generation = 0
         #: what the watchdog keeps of this loop between looks (only the watchdog touches it)
@@ -300,6 +302,7 @@ class Probe:
         try:
             now = time.monotonic()
             self.lags.append(now - sent)
+            self.lags_at.append((now, now - sent))
             self._answered(sent, now)
         except Exception:
             self.fail("the heartbeat")

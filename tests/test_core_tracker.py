@@ -44,3 +44,17 @@ def test_nothing_looked_nothing_known() -> None:
     share = BusyShare()
     share.account(1.0, 0.0, busy=True)
     assert (share.overall, share.worst, share.last) == (None, None, None)
+
+
+def test_busy_share_keeps_a_bounded_history_of_whole_windows() -> None:
+    """Each whole window goes to the timeline once, oldest first; at most HISTORY of them."""
+    from loopwatch._core.tracker import HISTORY, BusyShare
+
+    share = BusyShare()
+    for second in range(HISTORY + 5):
+        share.account(second + 0.5, 0.5, busy=second % 2 == 0)
+        share.account(second + 1.0, 0.5, busy=False)
+    assert len(share.history) == HISTORY
+    starts = [start for start, _ in share.history]
+    assert starts == sorted(starts) and starts[-1] == HISTORY + 3
+    assert {round(s, 2) for _, s in share.history} == {0.0, 0.5}

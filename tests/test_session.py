@@ -307,3 +307,26 @@ def test_importing_loopwatch_is_cheap() -> None:
     code = "import sys, loopwatch; print(sorted(m for m in sys.modules if 'loopwatch' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['loopwatch']"
+
+
+def test_loop_stats_carry_a_timeline_of_busy_share_and_lag() -> None:
+    """One point per whole second: wall-clock start, busy share, worst lag; JSON keeps it."""
+
+    async def main() -> None:
+        for _ in range(3):
+            time.sleep(0.3)
+            await asyncio.sleep(0.7)
+
+    began = time.time()
+    with loopwatch.watch(threshold=0.1) as session:
+        asyncio.run(main())
+    report = session.report()
+    (loop,) = report.loops
+    assert len(loop.timeline) >= 2
+    starts = [start for start, _, _ in loop.timeline]
+    assert starts == sorted(starts) and began - 1 <= starts[0] <= time.time()
+    # each second holds a 300 ms block: busy about 30% and a heartbeat answered late
+    assert max(share for _, share, _ in loop.timeline) >= 0.2
+    assert max(lag or 0.0 for _, _, lag in loop.timeline) >= 0.1
+    again = loopwatch.Report.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert again.loops[0].timeline == loop.timeline

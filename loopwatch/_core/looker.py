@@ -18,7 +18,7 @@ import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
@@ -28,7 +28,7 @@ from loopwatch._core.findings import Found
 from loopwatch._core.gctimer import GcTimer
 from loopwatch._core.settings import Settings
 from loopwatch._core.thread import LATE
-from loopwatch._core.tracker import Tracking
+from loopwatch._core.tracker import WINDOW, Tracking
 from loopwatch._log import log_once, logger
 from loopwatch.model import Frame, FunctionStat, LoopStats, percentile
 from loopwatch.probe import Probe, SelectorProbe
@@ -399,4 +399,25 @@ class Looker:
             lag_p99=percentile(lags, 99) if lags else None,
             lag_max=lags[-1] if lags else None,
             pid=os.getpid(),
+            timeline=_timeline(wd.share.history, list(probe.lags_at)),
         )
+
+
+def _timeline(
+    windows: Iterable[tuple[float, float]], lags: list[tuple[float, float]]
+) -> tuple[tuple[float, float, float | None], ...]:
+    """(wall-clock start, busy share, worst lag) of each whole window, oldest first."""
+    points = []
+    index = 0
+    for start, share in windows:
+        end = start + WINDOW
+        while index < len(lags) and lags[index][0] < start:
+            index += 1
+        worst: float | None = None
+        while index < len(lags) and lags[index][0] < end:
+            lag = lags[index][1]
+            worst = lag if worst is None or lag > worst else worst
+            index += 1
+        points.append((round(start + WALL_OFFSET, 3), round(share, 4),
+                       None if worst is None else round(worst, 5)))
+    return tuple(points)

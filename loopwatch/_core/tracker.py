@@ -11,6 +11,9 @@ from loopwatch.model import Frame
 from loopwatch.stacks import RawStack
 
 #: Slow iterations (looks at an old iteration, or ended ones) needed within
+#: Whole windows kept for the timeline (ten minutes of one-second windows).
+HISTORY = 600
+
 #: CUT_WINDOW seconds before a loop is timed per iteration ("thousand cuts").
 CUT_EVIDENCE = 3
 CUT_WINDOW = 2.0
@@ -41,6 +44,8 @@ class BusyShare:
     worst_window: float | None = None
     last: float | None = None
     """The share of the latest whole window."""
+    history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    """(start, busy share) of the latest whole windows, oldest first (loop clock)."""
 
     def account(self, now: float, elapsed: float, busy: bool) -> None:
         """The ``elapsed`` seconds up to ``now`` were busy (or not)."""
@@ -54,6 +59,7 @@ class BusyShare:
             share = self.window_busy / self.window_looked
             self.worst_window = max(self.worst_window or 0.0, share)
             self.last = share
+            self.history.append((self.window_start, share))
             self.window_start, self.window_looked, self.window_busy = began, 0.0, 0.0
         self.looked += elapsed
         self.window_looked += elapsed
