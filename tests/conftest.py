@@ -7,6 +7,7 @@ import faulthandler
 import os
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,26 @@ def clean_loopwatch_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
     # wide enough that short test summary lines are not cut
     monkeypatch.setenv("COLUMNS", "240")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def every_json_matches_its_schema() -> Iterator[None]:
+    """Every report and plugin result serialised in this process is checked against the
+    schema shipped in loopwatch/schemas (files written by subprocesses: see schemas.read)."""
+    import schemas
+
+    from loopwatch._pytest.results import Results
+    from loopwatch.model import Report
+
+    to_dict, export = Report.to_dict, Results.export
+
+    def checked_report(self: Report) -> dict[str, Any]:
+        return schemas.check("report", to_dict(self))  # type: ignore[no-any-return]
+
+    def checked_export(self: Results) -> dict[str, Any]:
+        return schemas.check("pytest-report", export(self))  # type: ignore[no-any-return]
+
+    Report.to_dict = checked_report  # type: ignore[method-assign]
+    Results.export = checked_export  # type: ignore[method-assign]
+    yield
+    Report.to_dict, Results.export = to_dict, export  # type: ignore[method-assign]

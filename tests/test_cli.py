@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import schemas
 
 BLOCKING_SCRIPT = """
 import asyncio, sys, time
@@ -46,7 +46,7 @@ def test_run_reports_the_block_and_passes_arguments(tmp_path: Path) -> None:
     assert "args ['-x', 'y']" in result.stdout
     assert "loopwatch: 1 block over 50.0 ms" in result.stderr
     assert "app.py:6 in main" in result.stderr
-    report = json.loads((tmp_path / "out.json").read_text())
+    report = schemas.read(tmp_path / "out.json")
     (block,) = report["blocks"]
     assert block["site"].endswith("app.py:6")
     assert block["kind"] == "wait"
@@ -71,7 +71,7 @@ def test_report_is_written_when_the_script_exits_or_raises(
     assert result.returncode == status
     if stderr:
         assert stderr in result.stderr
-    assert len(json.loads((tmp_path / "out.json").read_text())["blocks"]) == 1
+    assert len(schemas.read(tmp_path / "out.json")["blocks"]) == 1
 
 
 def test_run_module(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import schemas
 
 pytest.importorskip("uvloop")
 
@@ -104,7 +105,7 @@ def test_uvloop_run_under_loopwatch_run(tmp_path: Path) -> None:
     """, tmp_path, "-m", "loopwatch", "run", "--quiet", "--threshold", "0.05",
         "--json", "out.json")
     assert result.returncode == 0, result.stderr
-    _check(json.loads((tmp_path / "out.json").read_text())["blocks"], tmp_path)
+    _check(schemas.read(tmp_path / "out.json")["blocks"], tmp_path)
 
 
 def test_the_import_hook_is_gone_after_the_watch() -> None:

@@ -6,11 +6,11 @@ times over it); loops that should pass only ever await, so the margins are wide.
 
 from __future__ import annotations
 
-import json
 import sys
 import textwrap
 
 import pytest
+import schemas
 
 from loopwatch.pytest_plugin import SettingsError, resolve_settings
 
@@ -515,7 +515,7 @@ def test_fixture_setup_and_teardown_blocks_are_attributed(pytester: pytest.Pytes
         "*_ test_uses_sync_fixture _*",
         f"* ms in setup of fixture 'sync_fixture_running_a_loop': {sync} in prepare*",
     ])
-    data = json.loads((pytester.path / "out" / "blocks.json").read_text())
+    data = schemas.read(pytester.path / "out" / "blocks.json", "pytest-report")
     found = {
         (nodeid, b["phase"], b["fixture"], b["fixture_action"], b["site"].rsplit("/", 1)[-1])
         for nodeid, blocks in data["tests"].items()
@@ -727,7 +727,7 @@ def test_xdist_json_has_every_workers_blocks(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_one=textwrap.dedent(blocking), test_two=textwrap.dedent(blocking))
     result = run(pytester, *WATCH, "-n", "2", "--loopwatch-json=blocks.json")
     result.assert_outcomes(failed=4, passed=2)
-    data = json.loads((pytester.path / "blocks.json").read_text())
+    data = schemas.read(pytester.path / "blocks.json", "pytest-report")
     assert sorted(data["tests"]) == [
         "test_one.py::test_block_a", "test_one.py::test_block_b",
         "test_two.py::test_block_a", "test_two.py::test_block_b",

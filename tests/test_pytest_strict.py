@@ -15,6 +15,7 @@ import textwrap
 from typing import Any
 
 import pytest
+import schemas
 
 pytest_plugins = "pytester"
 pytestmark = pytest.mark.usefixtures("clean_loopwatch_env")
@@ -325,7 +326,7 @@ def test_each_blocking_call_fails_its_test_at_its_line(pytester: pytest.Pytester
     expected = expected_findings(source)
     tests = [line for line in source.splitlines() if line.startswith("async def test_")]
     result.assert_outcomes(failed=len(tests))
-    report = json.loads((pytester.path / "out.json").read_text())
+    report = schemas.read(pytester.path / "out.json", "pytest-report")
     seen = {
         (call["site"].rsplit(":", 1)[1], call["call"])
         for calls in calls_in(report).values()
@@ -349,7 +350,7 @@ def test_what_does_not_block_is_not_a_finding(pytester: pytest.Pytester) -> None
     result = run(pytester, "--loopwatch-strict", "--loopwatch-json=out.json")
     tests = NOT_BLOCKING.count("\ndef test_") + NOT_BLOCKING.count("\nasync def test_")
     result.assert_outcomes(passed=tests)
-    report = json.loads((pytester.path / "out.json").read_text())
+    report = schemas.read(pytester.path / "out.json", "pytest-report")
     assert calls_in(report) == {}, calls_in(report)
     assert report["outside_tests_calls"] == []
     result.stdout.fnmatch_lines([f"*strict mode: 0 blocking call(s) in 0 of {tests} test(s)*"])
@@ -474,7 +475,7 @@ def test_allow_list(pytester: pytest.Pytester) -> None:
         "*allow=2 pattern(s)*",
         "FAILED test_allowed.py::test_not_allowed - *os.listdir at test_allowed.py:19*",
     ])
-    report = json.loads((pytester.path / "out.json").read_text())
+    report = schemas.read(pytester.path / "out.json", "pytest-report")
     excuses = {node.split("::")[1]: calls[0]["excuse"] for node, calls in calls_in(report).items()}
     assert excuses == {
         "test_helper_module": "allowed by loopwatch_allow 'helpers.make_*'",
@@ -569,7 +570,7 @@ def test_baseline_also_holds_blocks(pytester: pytest.Pytester) -> None:
     """)
     args = ("--loopwatch", "--loopwatch-threshold=0.05", "--loopwatch-baseline=known.json")
     run(pytester, *args, "--loopwatch-update-baseline").assert_outcomes(passed=1)
-    data = json.loads((pytester.path / "known.json").read_text())
+    data = schemas.read(pytester.path / "known.json", "baseline")
     assert data["findings"] == [{"file": "test_slow.py", "function": "test_slow", "kind": "block"}]
     run(pytester, *args).assert_outcomes(passed=1)
     (pytester.path / "known.json").write_text(
@@ -584,7 +585,7 @@ def test_baseline_with_xdist(pytester: pytest.Pytester) -> None:
     suite(pytester, test_baselined=BASELINED, test_modes=MODES)
     args = ("--loopwatch-strict", "--loopwatch-baseline=known.json", "-n", "2")
     run(pytester, *args, "--loopwatch-update-baseline").assert_outcomes(passed=4)
-    data = json.loads((pytester.path / "known.json").read_text())
+    data = schemas.read(pytester.path / "known.json", "baseline")
     assert sorted(f["function"] for f in data["findings"]) == [
         "test_lists", "test_sleeps", "test_sleeps", "test_stats",
     ]
@@ -671,7 +672,7 @@ def test_every_kind_of_loop(pytester: pytest.Pytester) -> None:
     uvloop = importlib.util.find_spec("uvloop") is not None
     result.assert_outcomes(failed=4 + uvloop, skipped=1 - uvloop)
     source = (pytester.path / "test_loops.py").read_text()
-    report = json.loads((pytester.path / "out.json").read_text())
+    report = schemas.read(pytester.path / "out.json", "pytest-report")
     lines = {call["site"].rsplit(":", 1)[1]
              for calls in calls_in(report).values() for call in calls}
     expected = {str(n) for n, _ in expected_findings(source).items()}

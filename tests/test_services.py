@@ -4,7 +4,6 @@ on 127.0.0.1, driven by a real HTTP client. Each block names the request it ran 
 from __future__ import annotations
 
 import collections
-import json
 import os
 import signal
 import socket
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import schemas
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
@@ -68,7 +68,7 @@ def _serve_and_load(
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     assert out.exists(), stderr
-    report: dict[str, object] = json.loads(out.read_text())
+    report: dict[str, object] = schemas.read(out)
     report["stderr"] = stderr
     return report
 

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+import schemas
 from workloads import BLOCK, THRESHOLD
 
 import loopwatch
@@ -83,7 +84,7 @@ def test_report_json_round_trip(tmp_path: Any) -> None:
     report = session.report()
     path = tmp_path / "report.json"
     report.save(path)
-    data = json.loads(path.read_text())
+    data = schemas.read(path)
     assert data["schema"] == 1
     assert data["threshold"] == THRESHOLD
     (block,) = data["blocks"]
