@@ -86,6 +86,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--strict", action="store_true", default=None,
                      help="also list every blocking call made on a loop's thread, however "
                      "short (time.sleep, open, socket.connect, subprocess...)")
+    run.add_argument("--report-signal", metavar="SIG", dest="report_signal",
+                     help="write the report so far to --report-file when the process gets "
+                     "this signal (e.g. USR1: kill -USR1 PID)")
+    run.add_argument("--report-file", metavar="OUT", dest="report_file",
+                     help="where --report-signal writes it (default loopwatch-{pid}.json)")
     run.add_argument("--quiet", action="store_true", help="do not print the report")
     run.add_argument("--fail-on-block", action="store_true", dest="fail_on_block",
                      help=f"exit with status {BLOCKED} if anything blocked (with --strict, "
@@ -114,7 +119,8 @@ def _add_export_flags(parser: argparse.ArgumentParser) -> None:
 
 #: ``run``'s options that take a value as the next word (``--json OUT``).
 _RUN_VALUE_OPTIONS = frozenset(
-    {"--threshold", "--sample-interval", "--json", "--mode", "--speedscope", "--collapsed"}
+    {"--threshold", "--sample-interval", "--json", "--mode", "--speedscope", "--collapsed",
+     "--report-signal", "--report-file"}
 )
 
 
@@ -218,6 +224,8 @@ def _run(args: argparse.Namespace) -> int:
                                "sample_interval": args.sample_interval, "mode": args.mode,
                                "precise": args.precise, "profile": args.profile,
                                "strict": args.strict,
+                               "report_signal": args.report_signal,
+                               "report_file": args.report_file,
                                # the worker processes a service starts are watched too
                                "subprocesses": True}
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -80,6 +81,13 @@ class Config:
     """Also watch the Python processes the program starts (multiprocessing and
     ProcessPoolExecutor workers, uvicorn/gunicorn workers): their blocks come into
     this session's report, each with its ``pid``. ``loopwatch run`` turns it on."""
+    report_signal: str | None = None
+    """A signal (``"SIGUSR1"``) that writes the report so far to ``report_file``
+    while the session runs: ``kill -USR1 PID`` on a service that cannot be attached
+    to. Needs ``watch()`` to start in the main thread."""
+    report_file: str = "loopwatch-{pid}.json"
+    """Where ``report_signal`` writes the report (``{pid}`` is the process id),
+    relative to the process's current directory."""
 
     def __post_init__(self) -> None:
         _validate(self, source="argument")
@@ -308,6 +316,8 @@ _ALLOWED = {
     "include": "expected a list of fnmatch patterns",
     "exclude": "expected a list of fnmatch patterns",
     "mode": f"expected one of {', '.join(MODES)}",
+    "report_signal": "expected a signal name a handler can take, e.g. SIGUSR1",
+    "report_file": "expected a file name, e.g. loopwatch-{pid}.json",
     "on_block": "expected a callable taking a Block, or None",
     "sinks": "expected a list of loopwatch.Sink objects",
 }
@@ -371,7 +381,39 @@ def _validate(config: Config, source: str) -> None:
         raise _bad("mode", config.mode, source)
     if config.on_block is not None and not callable(config.on_block):
         raise _bad("on_block", config.on_block, source)
+    if config.report_signal is not None:
+        signum = signal_number(config.report_signal)
+        if signum is None:
+            raise _bad("report_signal", config.report_signal, source)
+        object.__setattr__(config, "report_signal", signal.Signals(signum).name)
+    if not isinstance(config.report_file, str) or not config.report_file.strip():
+        raise _bad("report_file", config.report_file, source)
     _validate_sinks(config, source)
+
+
+#: Signals that cannot be caught, or that a report must not take over.
+_UNUSABLE_SIGNALS = frozenset({"SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL"})
+
+
+def signal_number(name: object) -> int | None:
+    """The number of a signal a handler can take: ``"SIGUSR1"``, ``"USR1"``, ``10``."""
+    if isinstance(name, bool):
+        return None
+    if isinstance(name, int):
+        try:
+            name = signal.Signals(name).name
+        except ValueError:
+            return None
+    if not isinstance(name, str):
+        return None
+    text = name.strip().upper()
+    if text.isdigit():
+        return signal_number(int(text))
+    text = text if text.startswith("SIG") else "SIG" + text
+    found = getattr(signal.Signals, text, None)
+    if found is None or text in _UNUSABLE_SIGNALS:
+        return None
+    return int(found)
 
 
 def _validate_sinks(config: Config, source: str) -> None:

@@ -18,6 +18,7 @@ from loopwatch._children import Children, announce, became_child, with_children,
 from loopwatch._core.dispatch import DISPATCHER
 from loopwatch._core.dispatch import MAX_PENDING as DISPATCHER_LIMIT
 from loopwatch._core.findings import Found, Listener
+from loopwatch._core.ondemand import ReportOnSignal
 from loopwatch._core.strict import STRICT
 from loopwatch._log import block_logger, forget_owner
 from loopwatch.config import Config
@@ -90,6 +91,8 @@ class Session:
         self._children_env: tuple[str | None] | None = None
         #: in a watched worker process: called when one of its loops stops running
         self._on_run_end: Callable[[], None] | None = None
+        #: report_signal: the signal that writes the report, while it is installed
+        self._on_signal: ReportOnSignal | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -114,6 +117,8 @@ class Session:
         WATCHDOG.subscribe(self)
         if self.config.strict:
             STRICT.subscribe(self.receive_call)
+        if self.config.report_signal is not None:
+            self._take_signal(self.config.report_signal)
         WATCHDOG.attach_running_loops()
         WATCHDOG.wait_ready()
         return self
@@ -125,6 +130,10 @@ class Session:
         self._running = False
         if self.config.strict:
             STRICT.unsubscribe(self.receive_call)
+        if self._on_signal is not None:
+            WATCHDOG.remove_wake_listener(self._on_signal.after_look)
+            self._on_signal.remove()
+            self._on_signal = None
         if self._children_env is not None:
             withdraw(self._children_env[0])
             self._children_env = None
@@ -229,6 +238,16 @@ class Session:
         if self._children is not None:
             report = with_children(report, self._children.read(), self.config.max_blocks)
         return report
+
+    def _take_signal(self, signame: str) -> None:
+        on_signal = ReportOnSignal(signame, self.config.report_file, self.report)
+        if on_signal.install():
+            self._on_signal = on_signal
+            WATCHDOG.add_wake_listener(on_signal.after_look)
+        else:
+            self.receive_event(
+                f"report_signal {signame} is not set: watch() started outside the main thread"
+            )
 
     # -- worker processes -------------------------------------------------------
 

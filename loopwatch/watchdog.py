@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
 
@@ -95,6 +96,9 @@ class Watchdog:
         self._deadman = Deadman(self._broadcast_event)
         self._settings: Settings | None = None
         self.listeners: list[Listener] = []
+        #: called in the watchdog thread after each look, outside the lock (replaced, not
+        #: changed, so the thread reads it without the lock)
+        self._wake_listeners: tuple[Callable[[], None], ...] = ()
         self._last_scan = 0.0
         self._gc = GcTimer()
         self._looker = Looker(self._gc, self._dispatch, self._dispatch_cut)
@@ -117,6 +121,24 @@ class Watchdog:
     @property
     def lock(self) -> threading.RLock:
         return self._lock
+
+    def add_wake_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` in the watchdog thread after each look (at least every
+        0.8 x threshold): how work asked for where no lock may be taken (a signal
+        handler) gets done soon."""
+        with self._lock:
+            self._wake_listeners = (*self._wake_listeners, listener)
+
+    def remove_wake_listener(self, listener: Callable[[], None]) -> None:
+        with self._lock:
+            self._wake_listeners = tuple(w for w in self._wake_listeners if w != listener)
+
+    def after_look(self) -> None:
+        for listener in self._wake_listeners:
+            try:
+                listener()
+            except Exception:
+                log_once("wake-listener", "loopwatch failed after a look; it carries on")
 
     @property
     def busy(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -35,6 +36,10 @@ def _warm_up_uvloop() -> None:
 _warm_up_uvloop()
 
 
+#: the signals a session may take for report_signal (POSIX)
+_SIGNALS = [getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name)]
+
+
 def _open_fds() -> int:
     try:
         return len(os.listdir("/proc/self/fd"))
@@ -50,8 +55,11 @@ def no_loopwatch_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     fds = _open_fds()
+    handlers = [signal.getsignal(s) for s in _SIGNALS]
     yield
     assert not WATCHDOG.active(), "a loopwatch session was left running"
+    assert [signal.getsignal(s) for s in _SIGNALS] == handlers, "a signal was not given back"
+    assert not WATCHDOG._wake_listeners, "a wake listener outlived its session"
     watchdogs = [t for t in threading.enumerate() if t.name == "loopwatch-watchdog"]
     assert not watchdogs, "the watchdog thread outlived its sessions"
     sinks = [t for t in threading.enumerate() if t.name == "loopwatch-sinks"]

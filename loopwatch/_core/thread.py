@@ -41,6 +41,9 @@ class Owner(Protocol):
     def look(self, now: float, late: float, frames: dict[int, FrameType] | None) -> float:
         """Look at the loops (the lock is held); seconds until the next look."""
 
+    def after_look(self) -> None:
+        """What is to be done after each look, outside the lock."""
+
 
 class WatchdogThread:
     """The one ``loopwatch-watchdog`` thread of the process."""
@@ -151,6 +154,7 @@ class WatchdogThread:
                     log_once("watchdog", "loopwatch's watchdog failed; detection may be incomplete")
                     interval = 0.05
                 frames = None  # not kept while asleep: frames hold the program's locals
+            owner.after_look()
             if not self._ready.is_set():
                 self._ready.set()
             # The thread's own run-queue time before and after the sleep tells how
