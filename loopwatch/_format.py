@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sysconfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from loopwatch.model import Block
 
 
 def milliseconds(seconds: float, decimals: int = 0) -> str:
@@ -24,6 +29,13 @@ def duration(seconds: float) -> str:
     return milliseconds(seconds, 0 if seconds >= 0.1 else 1)
 
 
+@functools.cache
+def _stdlib() -> str:
+    # sysconfig works it out anew on each call: a report of a thousand blocks of
+    # twenty frames would spend seconds here
+    return sysconfig.get_paths().get("stdlib", "")
+
+
 def short_path(path: str, root: str | None = None) -> str:
     """A file name as a person wants to read it: relative to ``root`` (default: here),
     or to site-packages, or to the standard library."""
@@ -39,7 +51,7 @@ def short_path(path: str, root: str | None = None) -> str:
         index = path.find(os.sep + marker + os.sep)
         if index >= 0:
             return path[index + len(marker) + 2:]
-    lib = sysconfig.get_paths().get("stdlib", "")
+    lib = _stdlib()
     if lib and path.startswith(lib + os.sep):
         return path[len(lib) + 1:]
     return path
@@ -50,3 +62,34 @@ def short_site(site: str | None) -> str:
         return "<no stack captured>"
     path, _, line = site.rpartition(":")
     return f"{short_path(path)}:{line}" if path else site
+
+
+#: A block's GC time is mentioned when it is at least this share of the block.
+NOTABLE_GC = 0.1
+
+
+def block_facts(block: Block) -> list[str]:
+    """How a block spent its time, in words: ``CPU 97%``, ``GIL held 100%``, ``GC 259 ms``."""
+    facts = []
+    if block.cpu_ratio is not None:
+        facts.append(f"CPU {block.cpu_ratio:.0%}")
+    if block.gil_held is not None:
+        facts.append("GIL released" if block.gil_released else f"GIL held {block.gil_held:.0%}")
+    if block.gc_time > 0 and block.gc_time >= NOTABLE_GC * block.duration:
+        facts.append(f"GC {duration(block.gc_time)}")
+    return facts
+
+
+def block_who(block: Block) -> list[str]:
+    """What the block ran for: the request, the task and its coroutine, the callback."""
+    who = []
+    if block.request:
+        who.append(block.request)
+    if block.task:
+        coroutine = f" · {block.coroutine}()" if block.coroutine else ""
+        who.append(f"task {block.task}{coroutine}")
+    elif block.coroutine:
+        who.append(f"coroutine {block.coroutine}()")
+    if block.callback:
+        who.append(f"callback {block.callback}")
+    return who

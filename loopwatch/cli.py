@@ -105,6 +105,22 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     report.add_argument("path", metavar="OUT.json")
     _add_export_flags(report)
 
+    attach = commands.add_parser(
+        "attach", help="watch a running Python 3.14+ process for a while",
+        description="Watch the event loops of a running Python 3.14+ process (through "
+        "sys.remote_exec, PEP 768), then print the report on stderr. loopwatch must be "
+        "importable in that process; nothing of the watch is left in it afterwards.",
+    )
+    attach.add_argument("pid", type=int, metavar="PID", help="the process to watch")
+    attach.add_argument("--duration", type=_seconds, metavar="S",
+                        help="watch for S seconds (default: until Ctrl-C)")
+    attach.add_argument("--threshold", type=_seconds, metavar="S",
+                        help="report iterations busy longer than S seconds (default 0.1)")
+    attach.add_argument("--json", metavar="OUT", help="write the report as JSON to OUT")
+    _add_export_flags(attach)
+    attach.add_argument("--timeout", type=_seconds, metavar="S", default=10.0,
+                        help="seconds the process has to start the watch (default 10)")
+
     commands.add_parser("demo", help="run a short program that blocks in several ways")
     return parser
 
@@ -115,12 +131,15 @@ def _add_export_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collapsed", metavar="OUT",
                         help="write the blocks' stacks as collapsed lines (flamegraph.pl, "
                         "inferno) to OUT, weighted in microseconds")
+    parser.add_argument("--html", metavar="OUT",
+                        help="write the report as one self-contained HTML page to OUT "
+                        "(timelines, blocks with their source, sortable sites; works offline)")
 
 
 #: ``run``'s options that take a value as the next word (``--json OUT``).
 _RUN_VALUE_OPTIONS = frozenset(
     {"--threshold", "--sample-interval", "--json", "--mode", "--speedscope", "--collapsed",
-     "--report-signal", "--report-file"}
+     "--html", "--report-signal", "--report-file"}
 )
 
 
@@ -164,6 +183,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             return _run(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "attach":
+            from loopwatch.attach import command as attach_command
+
+            return attach_command(args)
         from loopwatch.demo import main as demo_main
 
         return demo_main()
@@ -189,7 +212,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    for path in (getattr(args, "json", None), args.speedscope, args.collapsed):
+    for path in (getattr(args, "json", None), args.speedscope, args.collapsed, args.html):
         if path:
             _check_writable(path)
 
@@ -197,11 +220,13 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def _write_outputs(report: Report, args: argparse.Namespace) -> None:
     """Write every file asked for; one that fails does not stop the others."""
     from loopwatch.export import write_collapsed, write_speedscope
+    from loopwatch.html_report import write_html
 
     writers = [
         (getattr(args, "json", None), report.save),
         (args.speedscope, lambda path: write_speedscope(report, path)),
         (args.collapsed, lambda path: write_collapsed(report, path)),
+        (args.html, lambda path: write_html(report, path)),
     ]
     failed = []
     for path, write in writers:

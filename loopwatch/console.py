@@ -29,15 +29,20 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from loopwatch._format import duration, milliseconds, short_path, short_site
+from loopwatch._format import (
+    block_facts,
+    block_who,
+    duration,
+    milliseconds,
+    short_path,
+    short_site,
+)
 from loopwatch.model import Block, Frame, FunctionStat, LoopStats, Report
 from loopwatch.stacks import UserCode
 
 #: Width of the report when the output is not a terminal (files, CI logs, pipes).
 DEFAULT_WIDTH = 100
 
-#: A block's GC time is mentioned when it is at least this share of the block.
-_NOTABLE_GC = 0.1
 
 #: Lines of source shown above and below a block's line.
 _CONTEXT = 2
@@ -159,26 +164,10 @@ def _block_header(number: int, block: Block) -> Text:
         text.append(" (± heartbeat)", style="dim")
     text.append("  ")
     text.append(_KIND_LABEL.get(block.kind, "unknown"), style=_KIND_STYLE.get(block.kind, "bold"))
-    facts = []
-    if block.cpu_ratio is not None:
-        facts.append(f"CPU {_percent(block.cpu_ratio)}")
-    if block.gil_held is not None:
-        facts.append("GIL released" if block.gil_released else
-                     f"GIL held {_percent(block.gil_held)}")
-    if block.gc_time > 0 and block.gc_time >= _NOTABLE_GC * block.duration:
-        facts.append(f"GC {duration(block.gc_time)}")
+    facts = block_facts(block)
     if facts:
         text.append(" (" + ", ".join(facts) + ")")
-    who = []
-    if block.request:
-        who.append(block.request)
-    if block.task:
-        coroutine = f" · {block.coroutine}()" if block.coroutine else ""
-        who.append(f"task {block.task}{coroutine}")
-    elif block.coroutine:
-        who.append(f"coroutine {block.coroutine}()")
-    if block.callback:
-        who.append(f"callback {block.callback}")
+    who = block_who(block)
     if who:
         text.append("  " + ", ".join(who), style="cyan")
     return text

@@ -224,3 +224,17 @@ def test_fail_on_block_exits_3_when_anything_blocked(
     script(tmp_path, ending=ending)
     result = loopwatch("run", "--fail-on-block", *extra, "app.py", cwd=tmp_path)
     assert result.returncode == status, result.stderr
+
+
+def test_run_and_report_write_the_html_page(tmp_path: Path) -> None:
+    """--html on run and on report: one self-contained page naming the blocking line."""
+    script(tmp_path)
+    result = loopwatch("run", "--threshold", "0.05", "--json", "out.json", "--html", "run.html",
+                       "app.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    again = loopwatch("report", "out.json", "--html", "report.html", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    for name in ("run.html", "report.html"):
+        page = (tmp_path / name).read_text()
+        assert page.startswith("<!DOCTYPE html>") and "app.py:6" in page
+        assert "# the blocking line" in page  # its source, read when the page was made
