@@ -9,6 +9,7 @@ status becomes loopwatch's; Ctrl-C ends it with the report and status 130;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import runpy
@@ -91,6 +92,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                      "this signal (e.g. USR1: kill -USR1 PID)")
     run.add_argument("--report-file", metavar="OUT", dest="report_file",
                      help="where --report-signal writes it (default loopwatch-{pid}.json)")
+    run.add_argument("--live", action="store_true",
+                     help="show the loops, the latest blocks and the worst sites live on the "
+                     "terminal while the program runs (the report follows at the end)")
     run.add_argument("--quiet", action="store_true", help="do not print the report")
     run.add_argument("--fail-on-block", action="store_true", dest="fail_on_block",
                      help=f"exit with status {BLOCKED} if anything blocked (with --strict, "
@@ -268,8 +272,17 @@ def _run(args: argparse.Namespace) -> int:
         target = os.path.abspath(target)
     _check_outputs(args)
 
+    if args.live and args.mode == "log":
+        raise _UsageError("--live and --mode log both write each block to the terminal: "
+                          "choose one")
+    view: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if args.live:
+        from loopwatch.live import LiveView
+
+        view = LiveView(session.report)  # off a terminal it draws nothing
     pid = os.getpid()
-    status = _execute(session, target, script_args, is_module=args.module is not None)
+    with view:
+        status = _execute(session, target, script_args, is_module=args.module is not None)
     if os.getpid() != pid:
         # A forked worker (gunicorn's) returning through the program's main: its
         # findings went to this process's parent, which reports for everyone.

@@ -37,7 +37,8 @@ from loopwatch._format import (
     short_path,
     short_site,
 )
-from loopwatch.model import Block, Frame, FunctionStat, LoopStats, Report
+from loopwatch._stackview import Folded, stack_view
+from loopwatch.model import Block, FunctionStat, LoopStats, Report
 from loopwatch.stacks import UserCode
 
 #: Width of the report when the output is not a terminal (files, CI logs, pipes).
@@ -219,74 +220,30 @@ def _source(block: Block, width: int) -> RenderableType | None:
 def _stack(block: Block, is_user: UserCode, limit_inner: int = 3) -> Text | None:
     """The stack of the callback the loop was running, down to the block.
 
-    Frames outside that callback (``asyncio.run``, the loop's own machinery)
-    say nothing about the block and are left out; runs of library frames
-    above the user's line are folded into one dim line; the library frames
-    below it (what it called) are kept, up to ``limit_inner``. Nothing is
-    shown when the stack is just the block's own line.
+    Laid out by :mod:`loopwatch._stackview`: runs of library frames above the
+    user's line fold into one dim line; up to ``limit_inner`` library frames
+    below it (what it called) are kept. Nothing is shown when the stack is just
+    the block's own line.
     """
-    shown = list(block.frames[_callback_start(block.frames):])
-    while shown and _is_own(shown[-1]) and shown[-1].location != block.site:
-        shown.pop()  # loopwatch's own hooks (its gc callback) caught mid-sample
-    site_index = next(
-        (i for i in range(len(shown) - 1, -1, -1) if shown[i].location == block.site), None
-    )
-    if not shown or (site_index == 0 and len(shown) == 1):
+    view = stack_view(block, is_user, limit_inner)
+    if view is None or view.just_the_site:
         return None
     text = Text()
-    pending: list[Frame] = []
-
-    def fold() -> None:
-        if pending:
-            names = ", ".join(dict.fromkeys(_module(f) for f in pending))
-            text.append(f"  … {_plural(len(pending), 'library frame')} ({names})\n",
-                        style="dim")
-            pending.clear()
-
-    for index, frame in enumerate(shown):
-        user = is_user(frame.file)
-        depth = index - site_index if site_index is not None else 0
-        if (depth <= 0 and not user and index != site_index) or depth > limit_inner:
-            pending.append(frame)
-            continue
-        fold()
-        if index == site_index:
+    for item in view.items:
+        if isinstance(item, Folded):
+            text.append(f"  … {_plural(len(item.frames), 'library frame')} "
+                        f"({', '.join(item.modules)})\n", style="dim")
+        elif item.site:
+            frame = item.frame
             text.append("❱ ", style="bold red")
             text.append(f"{short_path(frame.file)}:{frame.line} in {frame.function}\n",
                         style="bold")
         else:
+            frame = item.frame
             text.append(f"  {short_path(frame.file)}:{frame.line} in {frame.function}\n",
-                        style="" if user else "dim")
-    fold()
+                        style="" if item.user else "dim")
     text.rstrip()
     return text
-
-
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def _is_own(frame: Frame) -> bool:
-    return frame.file.startswith(_OWN_DIR) and os.path.basename(frame.file) != "demo.py"
-
-
-def _callback_start(frames: Sequence[Frame]) -> int:
-    """Index of the first frame of the callback the loop was running (0 if not found)."""
-    for index in range(len(frames) - 1, -1, -1):
-        frame = frames[index]
-        name = os.path.basename(frame.file)
-        if frame.function == "_run" and name == "events.py":
-            return index + 1
-        if frame.function == "_run_once" and name == "base_events.py":
-            return index + 1
-    return 0
-
-
-def _module(frame: Frame) -> str:
-    path = short_path(frame.file)
-    if path.startswith("<frozen "):
-        return path[len("<frozen "):-1]
-    head, _, _ = path.partition(os.sep)
-    return head.removesuffix(".py") if head else path
 
 
 def _other_stacks(block: Block) -> Text | None:

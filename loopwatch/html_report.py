@@ -40,13 +40,11 @@ from pygments.lexers.python import PythonLexer  # type: ignore[import-untyped]
 from pygments.token import Token  # type: ignore[import-untyped]
 
 from loopwatch._format import block_facts, block_who, duration, short_path, short_site
+from loopwatch._stackview import Folded, callback_start, stack_view
 from loopwatch.console import (
     _KIND_LABEL,
     _busy_measured,
-    _callback_start,
     _cuts_known,
-    _is_own,
-    _module,
     _worst_loop,
 )
 from loopwatch.model import Block, BlockingCall, Frame, FunctionStat, LoopStats, Report, Stack
@@ -873,49 +871,29 @@ def _fold(frames: Sequence[Frame], summary: str, is_user: UserCode) -> str:
     return f"<li><details><summary>{_e(summary)}</summary><ol>{items}</ol></details></li>"
 
 
-def _library_summary(frames: Sequence[Frame]) -> str:
-    names = ", ".join(dict.fromkeys(_module(f) for f in frames))
-    return f"… {_plural(len(frames), 'library frame')} ({names})"
+def _library_summary(folded: Folded) -> str:
+    return f"… {_plural(len(folded.frames), 'library frame')} ({', '.join(folded.modules)})"
 
 
 def _stack(block: Block, is_user: UserCode) -> str:
     """The stack, innermost last: the callback the loop ran, down to the block.
 
-    As in the console report, runs of library frames above the user's line are
-    folded and at most a few library frames below it (what it called) are
-    shown; here each fold opens on a click, and the frames that started the
-    loop (``asyncio.run``, the loop's own machinery) are one more fold on top.
+    Laid out as in the console report (:mod:`loopwatch._stackview`); here each
+    fold opens on a click, and the frames that started the loop
+    (``asyncio.run``, the loop's own machinery) are one more fold on top.
     """
-    start = _callback_start(block.frames)
-    outer = block.frames[:start]
-    shown = list(block.frames[start:])
-    while shown and _is_own(shown[-1]) and shown[-1].location != block.site:
-        shown.pop()  # loopwatch's own hooks (its gc callback) caught mid-sample
-    site_index = next(
-        (i for i in range(len(shown) - 1, -1, -1) if shown[i].location == block.site), None
-    )
-    if not shown or (len(shown) == 1 and site_index == 0 and not outer):
+    view = stack_view(block, is_user, _INNER_FRAMES)
+    if view is None or (view.just_the_site and not view.outer):
         return ""
     items = []
-    if outer:
-        items.append(_fold(outer, f"… {_plural(len(outer), 'outer frame')}: where the loop "
-                                  "was started", is_user))
-    pending: list[Frame] = []
-
-    def flush() -> None:
-        if pending:
-            items.append(_fold(pending, _library_summary(pending), is_user))
-            pending.clear()
-
-    for index, frame in enumerate(shown):
-        user = is_user(frame.file)
-        depth = index - site_index if site_index is not None else 0
-        if (depth <= 0 and not user and index != site_index) or depth > _INNER_FRAMES:
-            pending.append(frame)
-            continue
-        flush()
-        items.append(_frame_item(frame, user=user, site=index == site_index))
-    flush()
+    if view.outer:
+        items.append(_fold(view.outer, f"… {_plural(len(view.outer), 'outer frame')}: where "
+                                       "the loop was started", is_user))
+    for item in view.items:
+        if isinstance(item, Folded):
+            items.append(_fold(item.frames, _library_summary(item), is_user))
+        else:
+            items.append(_frame_item(item.frame, user=item.user, site=item.site))
     return f'<ol class="stack" title="innermost last">{"".join(items)}</ol>'
 
 
@@ -931,7 +909,7 @@ def _other_stacks(block: Block, is_user: UserCode) -> str:
 
 
 def _other_stack(stack: Stack, total: int, site: str | None, is_user: UserCode) -> str:
-    frames = stack.frames[_callback_start(stack.frames):]
+    frames = stack.frames[callback_start(stack.frames):]
     items = "".join(
         _frame_item(f, user=is_user(f.file), site=f.location == site) for f in frames
     )

@@ -107,6 +107,7 @@ def test_everything_after_the_module_is_the_modules(tmp_path: Path) -> None:
         (["run"], "run needs a script"),
         (["report", "nothing.json"], "no such report file: nothing.json"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["run", "--live", "--mode", "log", "app.py"], "--live and --mode log both write"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(
