@@ -8,7 +8,7 @@ import sysconfig
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from loopwatch.model import Block
+    from loopwatch.model import Block, Report
 
 
 def milliseconds(seconds: float, decimals: int = 0) -> str:
@@ -93,3 +93,14 @@ def block_who(block: Block) -> list[str]:
     if block.callback:
         who.append(f"callback {block.callback}")
     return who
+
+
+def report_notes(report: Report) -> list[str]:
+    """What a reader of a report should also know: its events, and what was not kept."""
+    notes = list(report.events)
+    if report.dropped_blocks:
+        notes.append(f"{report.dropped_blocks} older block(s) were not kept (max_blocks); "
+                     "the sites table still counts them")
+    if report.dropped_calls:
+        notes.append(f"{report.dropped_calls} older blocking call(s) were not kept (max_blocks)")
+    return notes

@@ -34,6 +34,7 @@ from loopwatch._format import (
     block_who,
     duration,
     milliseconds,
+    report_notes,
     short_path,
     short_site,
 )
@@ -421,12 +422,7 @@ def _report(report: Report, width: int, limit: int) -> list[RenderableType]:
     if report.functions:
         parts += [Text(), _heading("Functions (profile mode, by own time)"),
                   Padding(_functions_table(report.functions, limit * 2), (0, 0, 0, 2))]
-    notes: list[str] = list(report.events)
-    if report.dropped_blocks:
-        notes.append(f"{report.dropped_blocks} older block(s) were not kept (max_blocks); "
-                     "the sites table still counts them")
-    if report.dropped_calls:
-        notes.append(f"{report.dropped_calls} older blocking call(s) were not kept (max_blocks)")
+    notes = report_notes(report)
     if notes:
         parts += [Text(), *(Text(f"note: {note}", style="dim") for note in notes)]
     return parts

@@ -39,7 +39,14 @@ from pygments import lex  # type: ignore[import-untyped]  # rich's own highlight
 from pygments.lexers.python import PythonLexer  # type: ignore[import-untyped]
 from pygments.token import Token  # type: ignore[import-untyped]
 
-from loopwatch._format import block_facts, block_who, duration, short_path, short_site
+from loopwatch._format import (
+    block_facts,
+    block_who,
+    duration,
+    report_notes,
+    short_path,
+    short_site,
+)
 from loopwatch._stackview import Folded, callback_start, stack_view
 from loopwatch.console import (
     _KIND_LABEL,
@@ -449,12 +456,7 @@ def _summary(report: Report) -> str:
     if not count:
         out.append(f'<div class="clean">No blocks over {_e(threshold)}: '
                    "the loops were never stuck for that long.</div>")
-    notes = list(report.events)
-    if report.dropped_blocks:
-        notes.append(f"{report.dropped_blocks} older block(s) were not kept (max_blocks); "
-                     "the sites table still counts them")
-    if report.dropped_calls:
-        notes.append(f"{report.dropped_calls} older blocking call(s) were not kept (max_blocks)")
+    notes = report_notes(report)
     if notes:
         out.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
     return "\n".join(out)
