@@ -67,12 +67,14 @@ import json
 import os
 import posixpath
 import re
+import select
 import shutil
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from loopwatch.config import Config, ConfigError
@@ -80,6 +82,9 @@ from loopwatch.model import Report
 
 #: Bumped when the files or the script change: both sides must speak the same.
 PROTOCOL = 1
+
+#: With --live, how often the process writes the report so far (seconds).
+LIVE_EVERY = 0.5
 
 #: Seconds to wait for the process to run the script, by default.
 READY_TIMEOUT = 10.0
@@ -158,6 +163,7 @@ def attach(
     timeout: float = READY_TIMEOUT,
     stop: threading.Event | None = None,
     say: Callable[[str], None] | None = None,
+    view: Callable[[Callable[[], Report | None]], AbstractContextManager[object]] | None = None,
 ) -> Report:
     """Watch the event loops of the running Python 3.14+ process ``pid``; return the report.
 
@@ -166,10 +172,13 @@ def attach(
     what was found, if the process exits. ``timeout``: seconds the process has
     to start the watch. ``say`` hears one-line news (attached, detached).
     Raises :class:`AttachError` when it cannot attach; KeyboardInterrupt
-    before the watch started.
+    before the watch started. ``view``: entered while watching with a function
+    that returns the report so far (the process writes it every half second),
+    e.g. :class:`loopwatch.live.LiveView`.
     """
     remote_exec = _remote_exec()
     options = _options(threshold=threshold, sample_interval=sample_interval)
+    options["live"] = view is not None
     if duration is not None and not duration > 0:
         raise AttachError(f"the duration must be more than 0 seconds, got {duration:g}")
     _check_process(pid)
@@ -184,7 +193,8 @@ def attach(
         if say is not None:
             say(_attached_line(pid, ready, duration))
         started = time.monotonic()
-        exited = channel.watch(duration, stop)
+        with view(channel.latest) if view is not None else nullcontext():
+            exited = channel.watch(duration, stop)
         report, done = channel.finish(STOP_TIMEOUT)
         if say is not None:
             if exited or done.get("exited"):
@@ -434,6 +444,13 @@ class _Channel:
             raise AttachError(f"cannot read {name} from process {self.pid}: not an object")
         return data
 
+    def latest(self) -> Report | None:
+        """The report so far, as the process last wrote it (with --live), or None."""
+        try:
+            return Report.load(self.path("live.json"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
@@ -630,16 +647,18 @@ def _serve(folder: str, options: dict[str, Any]) -> None:
                 f"this loopwatch speaks attach protocol {PROTOCOL}, the attaching one "
                 f"{options.get('protocol')}: use the same loopwatch version on both sides"
             )
-        _Watch(folder, options["config"]).serve(control)
+        _Watch(folder, options["config"], live=bool(options.get("live"))).serve(control)
     finally:
         os.close(control)
 
 
 class _Watch:
-    def __init__(self, folder: str, settings: dict[str, Any]) -> None:
+    def __init__(self, folder: str, settings: dict[str, Any], live: bool = False) -> None:
         from loopwatch.session import Session
 
         self.folder = folder
+        #: --live: the report so far, written to live.json every LIVE_EVERY seconds
+        self.live = live
         self.pid = os.getpid()
         self.before = _ours()
         for name in ("include", "exclude"):
@@ -666,16 +685,22 @@ class _Watch:
                 "loops": [stats.loop for stats in self.session.running_loops()],
                 "threads": threads,
             })
-            told = self._wait(control)
+            told = self._wait(control, self._write_live if self.live else None)
         except BaseException:
             self._end(gone=True)
             raise
         self._end(gone=not told)
 
     @staticmethod
-    def _wait(control: int) -> bool:
-        """Until told to stop (True) or the attaching process is gone (False)."""
+    def _wait(control: int, every: Callable[[], None] | None = None) -> bool:
+        """Until told to stop (True) or the attaching process is gone (False); ``every``
+        LIVE_EVERY seconds meanwhile."""
         while True:
+            if every is not None:
+                ready, _, _ = select.select([control], [], [], LIVE_EVERY)
+                if not ready:
+                    every()
+                    continue
             try:
                 data = os.read(control, 64)
             except InterruptedError:
@@ -686,6 +711,11 @@ class _Watch:
                 return False
             if b"stop" in data:
                 return True
+
+    def _write_live(self) -> None:
+        partial = os.path.join(self.folder, "live.json.tmp")
+        self.session.report().save(partial)
+        os.replace(partial, os.path.join(self.folder, "live.json"))
 
     def _at_exit(self) -> None:
         if os.getpid() == self.pid:  # not in a forked child that inherited the handler
@@ -736,8 +766,13 @@ def command(args: argparse.Namespace) -> int:
         print(f"loopwatch: {line}", file=sys.stderr, flush=True)
 
     try:
+        view = None
+        if args.live:
+            from loopwatch.live import LiveView
+
+            view = LiveView
         report = attach(args.pid, duration=args.duration, threshold=args.threshold,
-                        timeout=args.timeout, say=say)
+                        timeout=args.timeout, say=say, view=view)
     except AttachError as error:
         raise _UsageError(str(error))
     except KeyboardInterrupt:

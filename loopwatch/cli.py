@@ -121,6 +121,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     attach.add_argument("--threshold", type=_seconds, metavar="S",
                         help="report iterations busy longer than S seconds (default 0.1)")
     attach.add_argument("--json", metavar="OUT", help="write the report as JSON to OUT")
+    attach.add_argument("--live", action="store_true",
+                        help="show the watch live on the terminal (the process writes its "
+                        "report so far every half second)")
     _add_export_flags(attach)
     attach.add_argument("--timeout", type=_seconds, metavar="S", default=10.0,
                         help="seconds the process has to start the watch (default 10)")

@@ -9,6 +9,7 @@ timeouts, never for a fixed time.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -25,6 +26,7 @@ import pytest
 import schemas
 
 from loopwatch.attach import AttachError, _explain, attach
+from loopwatch.model import Report
 
 needs_remote_exec = pytest.mark.skipif(
     sys.version_info < (3, 14), reason="sys.remote_exec is new in Python 3.14"
@@ -304,6 +306,44 @@ def test_the_python_api_stops_when_told(start_target: Callable[..., Target]) -> 
     assert report.threshold == 0.05
     assert len(report.blocks) >= 2
     assert news[-1].startswith(f"detached from process {target.pid}")
+    eventually(lambda: target.tasks() == tasks, f"the target back to {tasks} threads")
+
+
+@needs_remote_exec
+@linux
+def test_live_gives_the_report_so_far_while_watching(
+    start_target: Callable[..., Target],
+) -> None:
+    """With a view (--live), the process writes its report every half second: the view's
+    source returns None at first, then reports whose blocks grow; nothing is left after."""
+    target = start_target()
+    tasks = target.tasks()
+    seen: list[int | None] = []
+    stop = threading.Event()
+
+    @contextlib.contextmanager
+    def view(source: Callable[[], Report | None]) -> Iterator[None]:
+        def poll() -> None:
+            while not stop.is_set():
+                report = source()
+                seen.append(None if report is None else len(report.blocks))
+                counts = [n for n in seen if n]
+                if len(counts) >= 3 and counts[-1] > counts[0]:
+                    stop.set()  # it grew while we watched: enough
+                stop.wait(0.1)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            poller.join(TIMEOUT)
+
+    report = attach(target.pid, threshold=0.05, stop=stop, view=view, duration=TIMEOUT)
+    counts = [n for n in seen if n is not None]
+    assert counts and counts == sorted(counts) and counts[-1] > counts[0], seen
+    assert len(report.blocks) >= counts[-1]
     eventually(lambda: target.tasks() == tasks, f"the target back to {tasks} threads")
 
 
