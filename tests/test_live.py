@@ -575,6 +575,16 @@ class Tmux:
             time.sleep(0.1)
 
 
+def terminal_env() -> dict[str, str]:
+    """The environment of a program in the tmux pane: a colour terminal, this loopwatch."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(loopwatch.__file__)))
+    env = dict(os.environ, TERM="xterm-256color",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    for name in ("NO_COLOR", "COLUMNS", "LINES"):  # rich would take COLUMNS over the pane's size
+        env.pop(name, None)
+    return env
+
+
 def test_live_view_in_a_real_terminal(tmp_path: Path) -> None:
     """tmux runs a program under the view: it updates, Ctrl-C ends it with the report.
 
@@ -585,11 +595,7 @@ def test_live_view_in_a_real_terminal(tmp_path: Path) -> None:
         pytest.skip("tmux is not installed")
     (tmp_path / "driver.py").write_text(DRIVER)
     site = f"driver.py:{DRIVER_LINE}"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(loopwatch.__file__)))
-    env = dict(os.environ, TERM="xterm-256color",
-               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    for name in ("NO_COLOR", "COLUMNS", "LINES"):  # rich would take COLUMNS over the pane's size
-        env.pop(name, None)
+    env = terminal_env()
     tmux = Tmux(tmux_path, "live")
     # the shell says how the driver exited, then keeps the pane (and the terminal's
     # state, the cursor's included) until the test is done with it
@@ -655,11 +661,7 @@ def test_loopwatch_run_live_in_a_real_terminal(tmp_path: Path) -> None:
         pytest.skip("tmux is not installed")
     (tmp_path / "app.py").write_text(APP)
     site = f"app.py:{APP.splitlines().index('    time.sleep(0.1)  # the blocking line') + 1}"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(loopwatch.__file__)))
-    env = dict(os.environ, TERM="xterm-256color",
-               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    for name in ("NO_COLOR", "COLUMNS", "LINES"):
-        env.pop(name, None)
+    env = terminal_env()
     tmux = Tmux(tmux_path, "run-live")
     command = (f"{shlex.quote(sys.executable)} -m loopwatch run --live --threshold 0.05 app.py; "
                "echo loopwatch exited with $?; read done")
