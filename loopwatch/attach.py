@@ -83,6 +83,10 @@ from loopwatch.model import Report
 #: Bumped when the files or the script change: both sides must speak the same.
 PROTOCOL = 1
 
+#: How long the process waits for the loops it found to be attached before it says
+#: which are watched (seconds).
+_LOOPS_WAIT = 0.5
+
 #: With --live, how often the process writes the report so far (seconds).
 LIVE_EVERY = 0.5
 
@@ -682,7 +686,7 @@ class _Watch:
             _write_json(self.folder, "ready.json", {
                 "python": sys.version.split()[0],
                 "loopwatch": str(loopwatch.__version__),
-                "loops": [stats.loop for stats in self.session.running_loops()],
+                "loops": self._loops_found(),
                 "threads": threads,
             })
             told = self._wait(control, self._write_live if self.live else None)
@@ -690,6 +694,15 @@ class _Watch:
             self._end(gone=True)
             raise
         self._end(gone=not told)
+
+    def _loops_found(self) -> list[str]:
+        """The loops being watched. A loop running in another thread (uvloop's, found
+        from its stack) is attached from its own thread, at its next iteration: give
+        that a moment, or a busy uvicorn reads as "no event loop running yet"."""
+        deadline = time.monotonic() + _LOOPS_WAIT
+        while not (loops := self.session.running_loops()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return [stats.loop for stats in loops]
 
     @staticmethod
     def _wait(control: int, every: Callable[[], None] | None = None) -> bool:
@@ -713,9 +726,7 @@ class _Watch:
                 return True
 
     def _write_live(self) -> None:
-        partial = os.path.join(self.folder, "live.json.tmp")
-        self.session.report().save(partial)
-        os.replace(partial, os.path.join(self.folder, "live.json"))
+        self.session.report().save(os.path.join(self.folder, "live.json"))
 
     def _at_exit(self) -> None:
         if os.getpid() == self.pid:  # not in a forked child that inherited the handler
@@ -734,9 +745,7 @@ class _Watch:
                 shutil.rmtree(self.folder, ignore_errors=True)
                 return
             report = self.session.report()
-            report.save(os.path.join(self.folder, "report.json.tmp"))
-            os.replace(os.path.join(self.folder, "report.json.tmp"),
-                       os.path.join(self.folder, "report.json"))
+            report.save(os.path.join(self.folder, "report.json"))
             _write_json(self.folder, "done.json",
                         {"exited": exiting, "leftovers": self._leftovers()})
         finally:

@@ -6,8 +6,10 @@ these objects; the watchdog creates them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 from array import array
 from collections.abc import Callable, Iterable, Sequence
@@ -411,9 +413,19 @@ class Report:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | PathLike[str]) -> None:
-        with open(path, "w", encoding="utf-8") as out:
-            out.write(self.to_json())
-            out.write("\n")
+        """Write the report as JSON, whole: a reader of ``path`` never sees half of it
+        (written beside it, then renamed in place)."""
+        target = os.fspath(path)
+        partial = f"{target}.{os.getpid()}.partial"
+        try:
+            with open(partial, "w", encoding="utf-8") as out:
+                out.write(self.to_json())
+                out.write("\n")
+            os.replace(partial, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
 
     @classmethod
     def load(cls, path: str | PathLike[str]) -> Report:

