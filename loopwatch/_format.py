@@ -104,3 +104,17 @@ def report_notes(report: Report) -> list[str]:
     if report.dropped_calls:
         notes.append(f"{report.dropped_calls} older blocking call(s) were not kept (max_blocks)")
     return notes
+
+
+#: How each kind of block is named for a person.
+KIND_LABEL = {"cpu": "computing", "wait": "waiting", "mixed": "computing and waiting"}
+
+
+def percent(ratio: float | None) -> str:
+    """``42%``, or ``-`` when not known."""
+    return "-" if ratio is None else f"{ratio:.0%}"
+
+
+def plural(count: int, word: str) -> str:
+    """``1 block``, ``2 blocks``."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"

@@ -30,10 +30,13 @@ from rich.table import Table
 from rich.text import Text
 
 from loopwatch._format import (
+    KIND_LABEL,
     block_facts,
     block_who,
     duration,
     milliseconds,
+    percent,
+    plural,
     report_notes,
     short_path,
     short_site,
@@ -99,54 +102,21 @@ def print_summary(report: Report, file: TextIO | None = None) -> None:
 _KIND_STYLE = {"cpu": "bold red", "wait": "bold yellow", "mixed": "bold magenta"}
 
 
-def _percent(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio:.0%}"
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
-
-
-def _cuts_known(report: Report) -> bool:
-    """Whether ``Site.blocks`` was filled in by the core.
-
-    Cores before thousand-cuts tracking leave it 0 everywhere; a filled-in
-    report with any block has at least one site with ``blocks > 0``.
-    """
-    return not report.blocks or any(site.blocks for site in report.sites)
-
-
-def _worst_loop(report: Report) -> LoopStats | None:
-    def worst(stats: LoopStats) -> float:
-        return stats.worst_window if stats.worst_window is not None else stats.busy_fraction
-
-    measured = [s for s in report.loops if _busy_measured(s)]
-    return max(measured, key=worst, default=None)
-
-
-def _busy_measured(stats: LoopStats) -> bool:
-    # busy time is only counted where the core counts every iteration; elsewhere
-    # busy stays 0.0, which would read as "idle"
-    return (
-        stats.busy_fraction_sampled is not None
-        or stats.worst_window is not None
-        or stats.iterations is not None
-    )
 
 
 def _summary(report: Report) -> Text:
     count = len(report.blocks) + report.dropped_blocks
     text = Text("loopwatch: ", style="bold")
     if count:
-        text.append(f"{_plural(count, 'block')} over {duration(report.threshold)}", style="bold")
+        text.append(f"{plural(count, 'block')} over {duration(report.threshold)}", style="bold")
         text.append(f", {duration(report.total_blocked)} blocked in total")
     else:
         text.append(f"no blocks over {duration(report.threshold)}", style="bold green")
-    worst = _worst_loop(report)
+    worst = report.busiest_loop
     if worst is not None:
         share = worst.worst_window if worst.worst_window is not None else worst.busy_fraction
         text.append(", busiest loop ")
-        text.append(f"{_percent(share)} busy", style="bold red" if worst.saturated else "")
+        text.append(f"{percent(share)} busy", style="bold red" if worst.saturated else "")
         if worst.saturated:
             text.append(" (saturated)", style="bold red")
     return text
@@ -155,7 +125,6 @@ def _summary(report: Report) -> Text:
 # -- one block ----------------------------------------------------------------------
 
 
-_KIND_LABEL = {"cpu": "computing", "wait": "waiting", "mixed": "computing and waiting"}
 
 
 def _block_header(number: int, block: Block) -> Text:
@@ -165,7 +134,7 @@ def _block_header(number: int, block: Block) -> Text:
     if block.resolution == "heartbeat":
         text.append(" (± heartbeat)", style="dim")
     text.append("  ")
-    text.append(_KIND_LABEL.get(block.kind, "unknown"), style=_KIND_STYLE.get(block.kind, "bold"))
+    text.append(KIND_LABEL.get(block.kind, "unknown"), style=_KIND_STYLE.get(block.kind, "bold"))
     facts = block_facts(block)
     if facts:
         text.append(" (" + ", ".join(facts) + ")")
@@ -232,7 +201,7 @@ def _stack(block: Block, is_user: UserCode, limit_inner: int = 3) -> Text | None
     text = Text()
     for item in view.items:
         if isinstance(item, Folded):
-            text.append(f"  … {_plural(len(item.frames), 'library frame')} "
+            text.append(f"  … {plural(len(item.frames), 'library frame')} "
                         f"({', '.join(item.modules)})\n", style="dim")
         elif item.site:
             frame = item.frame
@@ -253,7 +222,7 @@ def _other_stacks(block: Block) -> Text | None:
     main = max(block.stacks, key=lambda s: s.count)
     total = sum(s.count for s in block.stacks)
     return Text(
-        f"+ {_plural(len(block.stacks) - 1, 'other stack')} in {total - main.count} "
+        f"+ {plural(len(block.stacks) - 1, 'other stack')} in {total - main.count} "
         f"of {total} samples (a speedscope export shows them all)",
         style="dim",
     )
@@ -300,7 +269,7 @@ _MANY_CUTS = 3
 
 
 def _sites_table(report: Report, limit: int) -> RenderableType:
-    cuts_known = _cuts_known(report)
+    cuts_known = report.cuts_known
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold",
                   padding=(0, 1))
     for name in ("count", "total", "p95", "max", "CPU"):
@@ -326,7 +295,7 @@ def _sites_table(report: Report, limit: int) -> RenderableType:
             cell.append(f"\n→ {site.advice}", style="green")
         table.add_row(
             str(site.count), duration(site.total), duration(site.p95), duration(site.max),
-            Text(_percent(site.cpu_ratio), style=_KIND_STYLE.get(site.kind, "")), cell,
+            Text(percent(site.cpu_ratio), style=_KIND_STYLE.get(site.kind, "")), cell,
         )
     return table
 
@@ -344,15 +313,15 @@ def _loops(report: Report) -> list[RenderableType]:
 def _loop(stats: LoopStats) -> RenderableType:
     head = Text()
     head.append(stats.loop, style="bold")
-    head.append(f": {_plural(stats.blocks, 'block')} in {stats.watched:,.1f} s watched")
+    head.append(f": {plural(stats.blocks, 'block')} in {stats.watched:,.1f} s watched")
     if stats.resolution == "heartbeat":
         head.append(" (heartbeat resolution)", style="dim")
     facts = Text()
-    if _busy_measured(stats):
-        facts.append(f"busy {_percent(stats.busy_fraction)}")
+    if stats.busy_measured:
+        facts.append(f"busy {percent(stats.busy_fraction)}")
     if stats.worst_window is not None:
         facts.append(", worst 1 s window " if facts else "worst 1 s window ")
-        facts.append(_percent(stats.worst_window), style="bold red" if stats.saturated else "")
+        facts.append(percent(stats.worst_window), style="bold red" if stats.saturated else "")
     lags = [f"{name} {duration(value)}" for name, value in
             (("p50", stats.lag_p50), ("p99", stats.lag_p99), ("max", stats.lag_max))
             if value is not None]
@@ -361,7 +330,7 @@ def _loop(stats: LoopStats) -> RenderableType:
     lines: list[RenderableType] = [head]
     if facts:
         lines.append(Padding(facts, (0, 0, 0, _INDENT)))
-    if stats.saturated and _busy_measured(stats):
+    if stats.saturated and stats.busy_measured:
         lines.append(Padding(Text(
             f"! busier than {stats.SATURATED:.0%} in some second: past that, latency climbs "
             "fast. Move work off the loop, or spread it over more processes.",

@@ -40,20 +40,17 @@ from pygments.lexers.python import PythonLexer  # type: ignore[import-untyped]
 from pygments.token import Token  # type: ignore[import-untyped]
 
 from loopwatch._format import (
+    KIND_LABEL,
     block_facts,
     block_who,
     duration,
+    percent,
+    plural,
     report_notes,
     short_path,
     short_site,
 )
 from loopwatch._stackview import Folded, callback_start, stack_view
-from loopwatch.console import (
-    _KIND_LABEL,
-    _busy_measured,
-    _cuts_known,
-    _worst_loop,
-)
 from loopwatch.model import Block, BlockingCall, Frame, FunctionStat, LoopStats, Report, Stack
 from loopwatch.stacks import UserCode
 
@@ -74,12 +71,6 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _percent(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio:.0%}"
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def _clock(wall: float, digits: int = 3) -> str:
@@ -103,7 +94,7 @@ def _site_name(site: str | None) -> str:
 
 
 def _kind_label(kind: str) -> str:
-    return _KIND_LABEL.get(kind, "unknown")
+    return KIND_LABEL.get(kind, "unknown")
 
 
 def _kind_class(kind: str) -> str:
@@ -404,7 +395,7 @@ def _nav(report: Report) -> str:
 def _subtitle(report: Report) -> str:
     facts = [f"threshold {duration(report.threshold)}"]
     if report.loops:
-        facts.append(_plural(len(report.loops), "loop"))
+        facts.append(plural(len(report.loops), "loop"))
     processes = report.loops_by_process()
     if len(processes) > 1:
         facts.append(f"{len(processes)} processes")
@@ -430,7 +421,7 @@ def _summary(report: Report) -> str:
         _stat("blocked in total", _e(duration(report.total_blocked)),
               _e("time the loops could not run anything else")),
     ]
-    worst = _worst_loop(report)
+    worst = report.busiest_loop
     processes = report.loops_by_process()
     if worst is None:
         cards.append(_stat("busiest loop", "-", _e("no busy time measured")))
@@ -444,7 +435,7 @@ def _summary(report: Report) -> str:
         which = (f'<br><span class="mono loop-ref">{_e(worst.loop + pid)}</span>'
                  if len(report.loops) > 1 else "")
         cards.append(_stat(
-            "busiest loop", f"{_e(_percent(share))} {badge}", f"busy {_e(window)}{which}",
+            "busiest loop", f"{_e(percent(share))} {badge}", f"busy {_e(window)}{which}",
             "bad" if worst.saturated else "",
         ))
     cards.append(_stat("threshold", _e(threshold),
@@ -486,7 +477,7 @@ def _of_loop(block: Block, stats: LoopStats) -> bool:
 
 
 def _loop(stats: LoopStats, blocks: list[tuple[int, Block]]) -> str:
-    about = [f"{_plural(stats.blocks, 'block')} in {stats.watched:,.1f} s watched"]
+    about = [f"{plural(stats.blocks, 'block')} in {stats.watched:,.1f} s watched"]
     if stats.resolution == "heartbeat":
         about.append("heartbeat resolution")
     if stats.pid is not None:
@@ -494,15 +485,15 @@ def _loop(stats: LoopStats, blocks: list[tuple[int, Block]]) -> str:
     head = (f'<span class="loop-name">{_e(stats.loop)}</span>'
             f'<span class="muted">{_e(" · ".join(about))}</span>')
     facts = []
-    if _busy_measured(stats):
-        facts.append(f"busy {_percent(stats.busy_fraction)}")
+    if stats.busy_measured:
+        facts.append(f"busy {percent(stats.busy_fraction)}")
     if stats.worst_window is not None:
-        facts.append(f"worst second {_percent(stats.worst_window)}")
+        facts.append(f"worst second {percent(stats.worst_window)}")
     for name, value in (("lag p50", stats.lag_p50), ("p95", stats.lag_p95),
                         ("p99", stats.lag_p99), ("max", stats.lag_max)):
         if value is not None:
             facts.append(f"{name} {duration(value)}")
-    saturated = stats.saturated and _busy_measured(stats)
+    saturated = stats.saturated and stats.busy_measured
     fact_html = "".join(
         f'<span class="fact{" bad" if saturated and f.startswith("worst") else ""}">{_e(f)}</span>'
         for f in facts
@@ -578,7 +569,7 @@ def _timeline(stats: LoopStats, blocks: list[tuple[int, Block]]) -> str:
         return _TOP + chart_h - share * chart_h
 
     label = (f"Timeline of {stats.loop}: busy share and lag per second, "
-             f"{_plural(len(blocks), 'block')} marked")
+             f"{plural(len(blocks), 'block')} marked")
     svg = [f'<div class="chart"><svg viewBox="0 0 {_W} {height}" role="img" '
            f'aria-label="{_e(label)}">']
     svg += _x_axis(span, lane_y, axis_y)
@@ -652,7 +643,7 @@ def _busy_and_lag(stats: LoopStats, x: _Scale, y: _Scale, second: float) -> list
     for start, share, lag in stats.timeline:
         hot = " hot" if share > stats.SATURATED else ""
         lag_text = f", worst lag {duration(lag)}" if lag is not None else ", no heartbeat"
-        tip = f"{_clock(start, 0)[11:]}: busy {_percent(share)}{lag_text}"
+        tip = f"{_clock(start, 0)[11:]}: busy {percent(share)}{lag_text}"
         out.append(f'<rect class="bar{hot}" x="{_f(x(start) + gap / 2)}" y="{_f(y(share))}" '
                    f'width="{_f(max(second - gap, 0.5))}" height="{_f(share * chart_h)}">'
                    f"<title>{_e(tip)}</title></rect>")
@@ -723,7 +714,7 @@ def _legend(stats: LoopStats, blocks: list[tuple[int, Block]], t0: float) -> str
 def _mark_title(number: int, block: Block) -> str:
     where = f"{_site_name(block.site)} in {block.function or '?'}" if block.site else "no stack"
     lines = [f"#{number}  {duration(block.duration)} {_kind_label(block.kind)}"
-             + (f" (CPU {_percent(block.cpu_ratio)})" if block.cpu_ratio is not None else ""),
+             + (f" (CPU {percent(block.cpu_ratio)})" if block.cpu_ratio is not None else ""),
              where, f"at {_clock(block.started)}"]
     who = _who(block)
     if who:
@@ -765,7 +756,7 @@ def _block(number: int, block: Block, is_user: UserCode) -> str:
     if block.pid is not None:
         meta.append(f"pid {block.pid}")
     if block.samples:
-        meta.append(_plural(block.samples, "stack sample"))
+        meta.append(plural(block.samples, "stack sample"))
     parts = [
         f'<article class="card block" id="{_anchor(number)}">',
         f'<div class="block-head">{"".join(head)}</div>',
@@ -874,7 +865,7 @@ def _fold(frames: Sequence[Frame], summary: str, is_user: UserCode) -> str:
 
 
 def _library_summary(folded: Folded) -> str:
-    return f"… {_plural(len(folded.frames), 'library frame')} ({', '.join(folded.modules)})"
+    return f"… {plural(len(folded.frames), 'library frame')} ({', '.join(folded.modules)})"
 
 
 def _stack(block: Block, is_user: UserCode) -> str:
@@ -889,7 +880,7 @@ def _stack(block: Block, is_user: UserCode) -> str:
         return ""
     items = []
     if view.outer:
-        items.append(_fold(view.outer, f"… {_plural(len(view.outer), 'outer frame')}: where "
+        items.append(_fold(view.outer, f"… {plural(len(view.outer), 'outer frame')}: where "
                                        "the loop was started", is_user))
     for item in view.items:
         if isinstance(item, Folded):
@@ -906,7 +897,7 @@ def _other_stacks(block: Block, is_user: UserCode) -> str:
     total = sum(s.count for s in block.stacks)
     others = [s for s in block.stacks if s is not main]
     listed = "".join(_other_stack(stack, total, block.site, is_user) for stack in others)
-    return (f'<details class="others"><summary>+ {_e(_plural(len(others), "other stack"))} '
+    return (f'<details class="others"><summary>+ {_e(plural(len(others), "other stack"))} '
             f"in {total - main.count} of {total} samples</summary>{listed}</details>")
 
 
@@ -952,7 +943,7 @@ def _table(table_id: str, head: Iterable[str], rows: Iterable[str]) -> str:
 def _sites(report: Report) -> str:
     if not report.sites:
         return ""
-    cuts_known = _cuts_known(report)
+    cuts_known = report.cuts_known
     threshold = duration(report.threshold)
     head = [
         _th("site", "text"),
@@ -986,8 +977,8 @@ def _sites(report: Report) -> str:
             + _num(site.total, duration(site.total))
             + _num(site.p95, duration(site.p95))
             + _num(site.max, duration(site.max))
-            + _num(site.cpu_ratio, _percent(site.cpu_ratio), f"kind-cell {_kind_class(site.kind)}")
-            + _num(site.gil_held, _percent(site.gil_held))
+            + _num(site.cpu_ratio, percent(site.cpu_ratio), f"kind-cell {_kind_class(site.kind)}")
+            + _num(site.gil_held, percent(site.gil_held))
         )
     title = _heading("sites", "Sites", f"{len(report.sites)}, by total time")
     return title + "\n" + _table("sites-table", head, rows)
@@ -1019,7 +1010,7 @@ def _calls(report: Report) -> str:
             + f'<td class="muted"><code>{_e(first.detail)}</code>{_e(task)}</td>'
         )
     title = _heading("calls", "Blocking calls on a loop's thread",
-                     f"strict mode, {_plural(len(report.calls), 'call')}")
+                     f"strict mode, {plural(len(report.calls), 'call')}")
     return title + "\n" + _table("calls-table", head, rows)
 
 

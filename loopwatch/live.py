@@ -39,7 +39,7 @@ from rich.segment import Segment, SegmentLines
 from rich.text import Text
 
 from loopwatch._core.forking import join_for_fork
-from loopwatch._format import duration, short_site
+from loopwatch._format import duration, percent, short_site
 from loopwatch._log import forget_owner, log_once
 from loopwatch.model import Block, LoopStats, Report
 
@@ -90,9 +90,6 @@ def live_available(file: TextIO | None) -> bool:
 
 # -- one frame ---------------------------------------------------------------------
 
-
-def _percent(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio:.0%}"
 
 
 def _clock(seconds: float) -> str:
@@ -280,7 +277,7 @@ def _loops_table(report: Report, now: float, width: int | None) -> list[Text]:
         rows.append([
             name,
             sparkline(stats, now, spark),
-            Text(_percent(last), style="bold red" if last and last > stats.SATURATED else ""),
+            Text(percent(last), style="bold red" if last and last > stats.SATURATED else ""),
             _optional(stats.lag_p99),
             _optional(stats.lag_max),
             Text(f"{count}+" if partial and count else str(count)),

@@ -299,6 +299,16 @@ class LoopStats(_Plain):
     SATURATED = 0.3
 
     @property
+    def busy_measured(self) -> bool:
+        """Whether the busy share was measured: busy time is only counted where every
+        iteration is timed; elsewhere ``busy`` stays 0.0, which would read as idle."""
+        return (
+            self.busy_fraction_sampled is not None
+            or self.worst_window is not None
+            or self.iterations is not None
+        )
+
+    @property
     def busy_fraction(self) -> float:
         if self.busy_fraction_sampled is not None:
             return self.busy_fraction_sampled
@@ -354,6 +364,22 @@ class Report:
         if any(site.block_total for site in self.sites):
             return blocked_total(self.sites)
         return sum(site.total for site in self.sites) or sum(b.duration for b in self.blocks)
+
+    @property
+    def busiest_loop(self) -> LoopStats | None:
+        """The loop with the busiest second (of those whose busy share was measured)."""
+
+        def worst(stats: LoopStats) -> float:
+            return stats.worst_window if stats.worst_window is not None else stats.busy_fraction
+
+        return max((s for s in self.loops if s.busy_measured), key=worst, default=None)
+
+    @property
+    def cuts_known(self) -> bool:
+        """Whether ``Site.blocks`` was filled in: reports from before thousand-cuts
+        tracking leave it 0 everywhere; a filled-in report with a block has a site
+        with ``blocks > 0``."""
+        return not self.blocks or any(site.blocks for site in self.sites)
 
     def call_sites(self) -> list[tuple[str, str | None, str | None, int]]:
         """Strict mode's calls grouped: (call, site, function, how many), most first."""
