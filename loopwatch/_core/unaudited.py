@@ -17,7 +17,6 @@ before it, or a function bound before it (``from os import stat``), is not seen.
 
 from __future__ import annotations
 
-import linecache
 import os
 import socket
 import stat
@@ -32,8 +31,6 @@ from typing import Any
 #: (call name, what it was about: a path, an address...): strict mode decides whether
 #: it is a finding, and shortens the second for the report
 Report = Callable[[str, Any], None]
-
-_LINECACHE = linecache.__file__
 
 _SOCKET_CALLS = (
     "recv", "recv_into", "recvfrom", "recvfrom_into", "send", "sendall", "sendto", "accept",
@@ -185,12 +182,7 @@ class Wrappers:
 
         def make(original: Callable[..., Any]) -> Callable[..., Any]:
             def wrapper(path: Any, *args: Any, **kwargs: Any) -> Any:
-                # linecache stats source files for tracebacks: asyncio's debug mode has
-                # it do so on every call_soon, thousands of times a second
-                if (
-                    _get_running_loop() is not None
-                    and sys._getframe(1).f_code.co_filename != _LINECACHE
-                ):
+                if _get_running_loop() is not None:
                     report(call, path)
                 return original(path, *args, **kwargs)
 
