@@ -39,7 +39,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loopwatch._core.dispatch import DISPATCHER
 from loopwatch._log import log_once
-from loopwatch.model import Block, LoopStats, Report, Site, aggregate_sites, merge_sites
+from loopwatch.model import (
+    Block,
+    LoopStats,
+    Report,
+    Site,
+    Stall,
+    aggregate_sites,
+    merge_sites,
+)
 
 if TYPE_CHECKING:
     from loopwatch._core.findings import Found, Listener
@@ -108,6 +116,8 @@ class ChildReport:
     loops: dict[str, LoopStats] = field(default_factory=dict)
     """By name: from the last summary, updated by the blocks written after it."""
     events: tuple[str, ...] = ()
+    stalls: tuple[Stall, ...] = ()
+    """From its last summary: long iterations the machine caused."""
     ended: bool = False
     """It exited normally and wrote its ``end``."""
     failed: str | None = None
@@ -203,6 +213,8 @@ def with_children(report: Report, children: list[ChildReport], max_blocks: int) 
         sites=sites,
         loops=report.loops + tuple(stats for c in children for stats in c.loops.values()),
         events=tuple(dict.fromkeys(events)),
+        stalls=tuple(sorted([*report.stalls, *(s for c in children for s in c.stalls)],
+                            key=lambda s: s.started)[-max_blocks:]),
     )
 
 
@@ -254,6 +266,10 @@ def _take(report: ChildReport, entry: dict[str, Any]) -> None:
             for stats in (LoopStats.from_dict(s) for s in entry.get("loops", ()))
         }
         report.events = tuple(str(e) for e in entry.get("events", ()))
+        report.stalls = tuple(
+            replace(stall, loop=_named(stall.loop, report.pid), pid=stall.pid or report.pid)
+            for stall in (Stall.from_dict(s) for s in entry.get("stalls", ()))
+        )
 
 
 def _named(loop: str, pid: int) -> str:
@@ -426,6 +442,7 @@ class _Writer:
             "sites": [s.to_dict() for s in report.sites],
             "loops": [stats.to_dict() for stats in report.loops],
             "events": list(report.events),
+            "stalls": [stall.to_dict() for stall in report.stalls],
         })
 
     def finish(self) -> None:

@@ -19,7 +19,19 @@ from typing import Any, Literal, TypeVar
 
 SCHEMA = 1
 
-Kind = Literal["cpu", "wait", "mixed", "unknown"]
+Kind = Literal["cpu", "wait", "mixed", "unknown", "gc"]
+
+#: Why the loop's thread did not run: it sat runnable while other work had the CPU
+#: ("starved"), its cgroup had used its CPU quota ("throttled"), or the whole process
+#: was stopped or frozen ("paused").
+StallCause = Literal["starved", "throttled", "paused"]
+
+#: ``Block.phase``: before the loop served anything (imports, a lifespan's start), or after.
+Phase = Literal["startup", "running"]
+
+#: The site of every block spent mostly in the garbage collector (the line that
+#: triggered the collection is ``Block.gc_trigger``).
+GC_SITE = "<garbage collection>"
 
 #: cpu_ratio at or above this is CPU-bound, at or below WAIT_RATIO it is waiting.
 CPU_RATIO = 0.8
@@ -47,8 +59,9 @@ def advise(kind: Kind, gil_held: float | None = None, mostly_gc: bool = False) -
     >>> advise("cpu", gil_held=0.9)
     'CPU-bound, holding the GIL: move it to a worker process with @loopwatch.offload("process")'
     """
-    if mostly_gc:
-        return "mostly a garbage-collection pause: allocate less, or tune gc thresholds"
+    if mostly_gc or kind == "gc":
+        return ("a garbage-collection pause: gc.freeze() after start-up, raise "
+                "gc.set_threshold(), or make fewer reference cycles")
     if kind == "cpu":
         if gil_held is not None and gil_held < 0.5:
             return ('CPU-bound in C code that releases the GIL: @loopwatch.offload("thread") '
@@ -161,6 +174,16 @@ class Block:
     """Seconds of the block spent in the garbage collector."""
     functions: tuple[FunctionStat, ...] = ()
     """Profile mode: the functions that ran during the block, heaviest first."""
+    stalled: float = 0.0
+    """Seconds of the block the machine did not run the loop's thread (it sat
+    runnable waiting for a CPU, or the process was stopped): not the code's doing."""
+    phase: Phase = "running"
+    """``startup`` for a block before the loop served anything (the app's imports
+    inside the running loop, a lifespan's start)."""
+    gc_generation: int | None = None
+    """Kind ``gc``: the generation collected."""
+    gc_trigger: str | None = None
+    """Kind ``gc``: ``file:line`` of the code that was running when the collection began."""
 
     @property
     def gil_released(self) -> bool | None:
@@ -200,6 +223,34 @@ class Block:
         data["functions"] = tuple(FunctionStat.from_dict(f) for f in data.get("functions", ()))
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Stall(_Plain):
+    """A long iteration the program did not cause: the machine did not run the loop's thread.
+
+    Not a block: it is not in ``Report.blocks`` or the sites, and no test fails for it.
+    """
+
+    loop: str
+    started: float
+    """Wall-clock time (``time.time()``) the iteration began."""
+    duration: float
+    cause: StallCause
+    queued: float
+    """Seconds the loop's thread sat runnable, waiting for a CPU (run-queue delay)."""
+    paused: float = 0.0
+    """Seconds the whole process did not run (stopped, frozen)."""
+    throttled: float = 0.0
+    """Seconds the process's cgroup was throttled for its CPU quota, where known."""
+    busy: float = 0.0
+    """What is left for the program's own code: ``duration`` less the time not run."""
+    site: str | None = None
+    """What the loop was running (``file:line``), where a sample saw it."""
+    function: str | None = None
+    task: str | None = None
+    request: str | None = None
+    pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -351,6 +402,8 @@ class Report:
     calls: tuple[BlockingCall, ...] = ()
     """Strict mode: blocking calls made on a loop's thread, however short (the latest kept)."""
     dropped_calls: int = 0
+    stalls: tuple[Stall, ...] = ()
+    """Long iterations the machine caused, not the program (the latest kept)."""
     schema: int = field(default=SCHEMA)
 
     @property
@@ -397,8 +450,14 @@ class Report:
         return [(pid, tuple(loops)) for pid, loops in groups.items()]
 
     def worst(self, n: int = 5) -> list[Block]:
-        """The n longest blocks, longest first."""
-        return sorted(self.blocks, key=lambda b: b.duration, reverse=True)[:n]
+        """The n longest blocks once the loops were running, longest first (start-up's apart)."""
+        running = (b for b in self.blocks if b.phase != "startup")
+        return sorted(running, key=lambda b: b.duration, reverse=True)[:n]
+
+    @property
+    def startup_blocks(self) -> tuple[Block, ...]:
+        """Blocks before a loop served anything (imports, a lifespan's start), in order."""
+        return tuple(b for b in self.blocks if b.phase == "startup")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -412,6 +471,7 @@ class Report:
             "functions": [f.to_dict() for f in self.functions],
             "calls": [c.to_dict() for c in self.calls],
             "dropped_calls": self.dropped_calls,
+            "stalls": [s.to_dict() for s in self.stalls],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -432,6 +492,7 @@ class Report:
             functions=tuple(FunctionStat.from_dict(f) for f in data.get("functions", ())),
             calls=tuple(BlockingCall.from_dict(c) for c in data.get("calls", ())),
             dropped_calls=int(data.get("dropped_calls", 0)),
+            stalls=tuple(Stall.from_dict(s) for s in data.get("stalls", ())),
         )
 
     @classmethod
@@ -486,6 +547,13 @@ OTHER_SITES = "<other sites>"
 _SEED = 0x100B
 
 
+def _remedy(kind: Kind, gil_held: float | None) -> str | None:
+    """Which fix a block's advice points to, in a word or three (None: no advice)."""
+    if kind == "cpu":
+        return "computing in C code" if gil_held is not None and gil_held < 0.5 else "computing"
+    return {"wait": "waiting", "mixed": "mixed", "gc": "garbage collection"}.get(kind)
+
+
 class SiteAccumulator:
     """Per-site running totals: memory stays bounded however many blocks arrive.
 
@@ -522,6 +590,8 @@ class SiteAccumulator:
         self.gc_time = 0.0
         #: blocks per request served (a few distinct ones: sites are per line, not per route)
         self.requests: dict[str, int] = {}
+        #: blocks per remedy: one line can compute in one block and wait in another
+        self.remedies: dict[str, int] = {}
         # array('d'): 8 bytes a duration, where a list of floats takes 32
         self.durations: array[float] = array("d")
         self._rng = rng if rng is not None else random.Random(_SEED)
@@ -534,8 +604,12 @@ class SiteAccumulator:
         gc_time: float = 0.0,
         block: bool = True,
         request: str | None = None,
+        kind: Kind | None = None,
     ) -> None:
         self.count += 1
+        remedy = None if kind is None else _remedy(kind, gil_held)
+        if remedy is not None:
+            self.remedies[remedy] = self.remedies.get(remedy, 0) + 1
         if request is not None and (request in self.requests or len(self.requests) < 32):
             self.requests[request] = self.requests.get(request, 0) + 1
         self.total += duration
@@ -563,7 +637,14 @@ class SiteAccumulator:
     def freeze(self) -> Site:
         ratio = self.cpu_time / self.cpu_wall if self.cpu_wall > 0 else None
         gil = self.gil_time / self.gil_wall if self.gil_wall > 0 else None
-        kind = classify(ratio)
+        mostly_gc = self.gc_time > 0.5 * self.total
+        kind: Kind = "gc" if mostly_gc else classify(ratio)
+        advice = advise(kind, gil, mostly_gc)
+        if len(self.remedies) > 1:
+            # One advice for the line must not contradict half of its blocks.
+            seen = ", ".join(f"{n} {word}" for word, n in sorted(
+                self.remedies.items(), key=lambda item: -item[1]))
+            advice = f"its blocks differ ({seen}): see each block; overall, {advice}"
         return Site(
             site=self.site,
             function=self.function,
@@ -573,7 +654,7 @@ class SiteAccumulator:
             p95=percentile(self.durations, 95),
             cpu_ratio=ratio,
             kind=kind,
-            advice=advise(kind, gil, self.gc_time > 0.5 * self.total),
+            advice=advice,
             gil_held=gil,
             gc_time=self.gc_time,
             blocks=self.blocks,
@@ -621,6 +702,7 @@ class SiteTable:
         gc_time: float = 0.0,
         block: bool = True,
         request: str | None = None,
+        kind: Kind | None = None,
     ) -> None:
         acc = self._sites.get(site)
         if acc is None:
@@ -630,11 +712,11 @@ class SiteTable:
                 if self._other is None:
                     self._other = SiteAccumulator(OTHER_SITES, None, self._rng)
                 acc = self._other
-        acc.add(duration, cpu_ratio, gil_held, gc_time, block, request)
+        acc.add(duration, cpu_ratio, gil_held, gc_time, block, request, kind)
 
     def add_block(self, block: Block) -> None:
         self.add(block.site or "<unknown>", block.function, block.duration, block.cpu_ratio,
-                 block.gil_held, block.gc_time, request=block.request)
+                 block.gil_held, block.gc_time, request=block.request, kind=block.kind)
 
     def freeze(self) -> tuple[Site, ...]:
         """The sites, sorted by total time blocked (largest first)."""

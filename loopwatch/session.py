@@ -23,7 +23,15 @@ from loopwatch._core.strict import STRICT
 from loopwatch._log import block_logger, forget_owner
 from loopwatch.config import Config
 from loopwatch.errors import LoopBlockedError
-from loopwatch.model import Block, BlockingCall, FunctionStat, LoopStats, Report, SiteTable
+from loopwatch.model import (
+    Block,
+    BlockingCall,
+    FunctionStat,
+    LoopStats,
+    Report,
+    SiteTable,
+    Stall,
+)
 from loopwatch.watchdog import WATCHDOG, Cut
 
 #: The site of slow iterations that no stack sample caught.
@@ -80,6 +88,7 @@ class Session:
         self._events_dropped = 0
         self._dropped = 0
         self._calls: deque[BlockingCall] = deque(maxlen=config.max_blocks)
+        self._stalls: deque[Stall] = deque(maxlen=config.max_blocks)
         self._calls_dropped = 0
         #: strict mode: hears of each blocking call, in the thread that made it
         self._call_listener = call_listener
@@ -229,6 +238,7 @@ class Session:
                 dropped_blocks=self._dropped,
                 calls=tuple(self._calls),
                 dropped_calls=self._calls_dropped,
+                stalls=tuple(self._stalls),
                 events=tuple(self._events) + (
                     (f"{self._events_dropped} more distinct events were not kept",)
                     if self._events_dropped
@@ -268,6 +278,7 @@ class Session:
         """
         with self._lock:
             self._blocks.clear()
+            self._stalls.clear()
             self._sites = SiteTable()
             self._loops.clear()
             self._events.clear()
@@ -340,6 +351,15 @@ class Session:
                 f"sink {type(sink).__name__}.slow_iteration",
                 sink.slow_iteration, cut.loop, cut.duration, cut.site, False,
             )
+
+    def receive_stall(self, stall: Stall) -> None:
+        """A long iteration the machine caused (the loop's thread was not run): not a block."""
+        with self._lock:
+            self._stalls.append(stall)
+        for sink in self.config.sinks:
+            stalled = getattr(sink, "stall", None)
+            if stalled is not None and DISPATCHER.first_time(sink, stall):
+                self._deliver(f"sink {type(sink).__name__}.stall", stalled, stall)
 
     def receive_loop(self, stats: LoopStats) -> None:
         with self._lock:

@@ -39,9 +39,7 @@ from loopwatch._core.settings import Settings, merge
 from loopwatch._core.thread import WatchdogThread
 from loopwatch._log import log_once
 from loopwatch.config import Config
-from loopwatch.model import (
-    LoopStats,
-)
+from loopwatch.model import LoopStats, Stall
 from loopwatch.probe import (
     Discovery,
     Probe,
@@ -65,6 +63,8 @@ class Subscriber(Protocol):
     def receive_event(self, message: str) -> None: ...
 
     def receive_cut(self, cut: Cut) -> None: ...
+
+    def receive_stall(self, stall: Stall) -> None: ...
 
     def loop_run_ended(self) -> None:
         """A loop's run_forever returned (called in that loop's thread)."""
@@ -101,7 +101,9 @@ class Watchdog:
         self._wake_listeners: tuple[Callable[[], None], ...] = ()
         self._last_scan = 0.0
         self._gc = GcTimer()
-        self._looker = Looker(self._gc, self._dispatch, self._dispatch_cut)
+        self._looker = Looker(self._gc, self._dispatch, self._dispatch_cut, self._dispatch_stall)
+        #: whether the sessions were told that this OS does not say when a thread is not run
+        self._told_no_counters = False
         #: whether the thread that is forking holds the lock, by thread id
         self._fork_held: dict[int, bool] = {}
 
@@ -299,6 +301,7 @@ class Watchdog:
                 probe.exact_from_first_iteration()
             # A first CPU reading, so that a block in the very first iteration has one.
             probe.wd.last = Reading(time.monotonic(), probe.cpu_quick())
+            self._note_no_run_queue(probe.wd.last)
             if self._settings.deadman:
                 # Armed now, not at the next tick: the loop's first callback may
                 # already be a C call that keeps the watchdog out.
@@ -403,17 +406,23 @@ class Watchdog:
         now: float,
         late: float = 0.0,
         frames: dict[int, FrameType] | None = None,
+        paused: float = 0.0,
         flush: bool = False,
     ) -> float:
         """Look at every loop (called by the thread with the lock held); the next interval.
 
         ``late``: how much later than asked the thread woke; ``frames``: every
-        thread's frames, taken the moment it woke; ``flush``: only finish what
+        thread's frames, taken the moment it woke; ``paused``: how much of
+        ``late`` the whole process did not run; ``flush``: only finish what
         has ended (a report is being read).
         """
         settings = self._settings
         if settings is None:
             return 0.05
+        if paused:
+            # Not a GIL held by a loop thread: nothing of ours ran at all.
+            self._looker.paused(now - paused, now)
+            late -= paused
         if not flush and now - self._last_scan > _SCAN_EVERY:
             self._scan()
         if late > settings.threshold and not flush:
@@ -477,6 +486,24 @@ class Watchdog:
                     subscriber.receive_cut(cut)
                 except Exception:
                     log_once("sink-cut", "a loopwatch session failed to record a slow iteration")
+
+    def _dispatch_stall(self, stall: Stall, end: float) -> None:
+        for subscriber in list(self._subscribers):
+            if stall.duration > subscriber.config.threshold and end > subscriber.started:
+                try:
+                    subscriber.receive_stall(stall)
+                except Exception:
+                    log_once("sink-stall", "a loopwatch session failed to record a stall")
+
+    def _note_no_run_queue(self, reading: Reading) -> None:
+        """Say once, where the OS keeps no run-queue time, that stalls are told apart less well."""
+        if self._told_no_counters or reading.cpu is None or reading.cpu[1] is not None:
+            return
+        self._told_no_counters = True
+        self._broadcast_event(
+            "this OS does not say how long a thread waited for a CPU: a loop the machine "
+            "did not run (a busy machine) may be reported as a block"
+        )
 
     def _dispatch(self, found: Found) -> None:
         if found.span is not None:

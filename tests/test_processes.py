@@ -271,6 +271,9 @@ class Subscriber:
     def receive_cut(self, cut: Any) -> None:
         pass
 
+    def receive_stall(self, stall: Any) -> None:
+        pass
+
 
 @contextmanager
 def subscribed(subscriber: Subscriber) -> Iterator[Subscriber]:

@@ -17,10 +17,21 @@ made-up samples.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from loopwatch.model import Block, Frame, FunctionStat, Stack, advise, classify
+from loopwatch.model import (
+    GC_SITE,
+    Block,
+    Frame,
+    FunctionStat,
+    Kind,
+    Stack,
+    Stall,
+    StallCause,
+    advise,
+    classify,
+)
 from loopwatch.stacks import UserCode
 
 #: a loop thread's (CPU seconds, seconds spent runnable but waiting for a CPU, where known)
@@ -77,12 +88,46 @@ class Observed:
     #: from when the watchdog watched it (lateness counts from here)
     watch_from: float = 0.0
     gc_time: float = 0.0
+    #: the oldest generation the collector ran during the iteration, if it ran
+    gc_generation: int | None = None
     resolution: str = "exact"
     functions: tuple[FunctionStat, ...] = ()
+    #: seconds of the iteration the whole process was stopped (the watchdog's view)
+    paused: float = 0.0
+    #: seconds the process's cgroup was throttled for its CPU quota meanwhile (None: unknown)
+    throttled: float | None = None
+    #: the loop had served nothing yet when it ran (start-up: imports, a lifespan)
+    startup: bool = False
 
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+    @property
+    def queued(self) -> float | None:
+        """Seconds the loop's thread sat runnable, waiting for a CPU (None: not known)."""
+        return queued_time(self.before, self.cpu_end, self.queued_from)
+
+    @property
+    def not_run(self) -> float:
+        """Seconds of the iteration the machine did not run the loop's thread."""
+        return min(self.duration, (self.queued or 0.0) + self.paused)
+
+
+def queued_time(
+    before: Reading | None, cpu_end: Clock | None, queued_from: Clock | None = None
+) -> float | None:
+    """Run-queue seconds between the earliest reading that knows them and ``cpu_end``.
+
+    >>> queued_time(Reading(0.0, (1.0, 0.25)), (1.05, 0.40))
+    0.15
+    """
+    base = before.cpu if before is not None and before.cpu is not None else None
+    if base is None or base[1] is None:
+        base = queued_from
+    if cpu_end is None or cpu_end[1] is None or base is None or base[1] is None:
+        return None
+    return round(max(0.0, cpu_end[1] - base[1]), 9)
 
 
 def cpu_ratio(
@@ -91,6 +136,7 @@ def cpu_ratio(
     start: float,
     end: float,
     queued_from: Clock | None = None,
+    paused: float = 0.0,
 ) -> float | None:
     """CPU seconds over the seconds the loop thread could have run, from ``start`` to ``end``.
 
@@ -107,11 +153,8 @@ def cpu_ratio(
     if before is None or before.cpu is None or cpu_end is None:
         return None
     computing = cpu_end[0] - before.cpu[0]
-    queued = 0.0
-    base = before.cpu if before.cpu[1] is not None else queued_from
-    if cpu_end[1] is not None and base is not None and base[1] is not None:
-        queued = max(0.0, cpu_end[1] - base[1])
-    could_run = (end - max(before.at, start)) - queued
+    queued = queued_time(before, cpu_end, queued_from) or 0.0
+    could_run = (end - max(before.at, start)) - queued - paused
     if could_run <= 0:
         return None
     return min(1.0, max(0.0, computing / could_run))
@@ -165,6 +208,71 @@ def choose_site(
     return best[0], site_frame
 
 
+def stall(
+    observed: Observed,
+    *,
+    threshold: float,
+    loop: str,
+    user_code: UserCode,
+    wall_offset: float,
+    pid: int | None = None,
+) -> Stall | None:
+    """The :class:`Stall` for an iteration over the threshold only because the machine
+    did not run the loop's thread; None when the program's own part is over it (a block).
+
+    >>> seen = Observed(start=1.0, end=1.16, before=Reading(0.99, (0.5, 2.0)),
+    ...                 cpu_end=(0.51, 2.15))
+    >>> s = stall(seen, threshold=0.05, loop="L", user_code=UserCode(), wall_offset=0.0)
+    >>> (s.cause, round(s.queued, 2), round(s.busy, 2))
+    ('starved', 0.15, 0.01)
+    """
+    lost = observed.not_run
+    if not lost or observed.duration - lost > threshold:
+        return None
+    queued = observed.queued or 0.0
+    throttled = observed.throttled or 0.0
+    cause: StallCause
+    if observed.paused > queued:
+        cause = "paused"
+    elif throttled >= queued / 2:
+        cause = "throttled"
+    else:
+        cause = "starved"
+    _, site_frame = choose_site(weigh(observed), user_code)
+    return Stall(
+        loop=loop,
+        started=wall_offset + observed.start,
+        duration=observed.duration,
+        cause=cause,
+        queued=queued,
+        paused=observed.paused,
+        throttled=throttled,
+        busy=observed.duration - lost,
+        site=site_frame.location if site_frame else None,
+        function=site_frame.function if site_frame else None,
+        task=observed.task,
+        request=observed.request,
+        pid=pid,
+    )
+
+
+#: Files of the import system: a block under one of them before any request is start-up.
+_IMPORTING = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
+
+
+def starting_up(stacks: Iterable[tuple[Frame, ...]]) -> bool:
+    """Whether the sampled stacks show start-up work: an import, or an ASGI lifespan's start."""
+    for frames in stacks:
+        for frame in frames:
+            if frame.file in _IMPORTING or frame.file.endswith(
+                ("importlib/_bootstrap.py", "importlib/__init__.py")
+            ):
+                return True
+            if frame.function == "startup" and "lifespan" in frame.file:
+                return True
+    return False
+
+
 def block(
     observed: Observed,
     *,
@@ -176,13 +284,26 @@ def block(
 ) -> Block:
     """The :class:`Block` for an iteration over the threshold."""
     ratio = cpu_ratio(
-        observed.before, observed.cpu_end, observed.start, observed.end, observed.queued_from
+        observed.before, observed.cpu_end, observed.start, observed.end, observed.queued_from,
+        observed.paused,
     )
     weighted = weigh(observed)
     frames, site_frame = choose_site(weighted, user_code)
-    kind = classify(ratio)
     held = gil_held(observed)
+    mostly_gc = observed.gc_time > 0.5 * observed.duration
+    kind: Kind = "gc" if mostly_gc else classify(ratio)
     from_dump = site_frame is not None and any(site_frame in f for f, _ in observed.dumps)
+    where = site_frame.location if site_frame else None
+    site: str | None
+    if mostly_gc:
+        # The collection is the block; the line it interrupted is only its trigger.
+        generation = observed.gc_generation
+        named = "garbage collection" + (
+            f" (generation {generation})" if generation is not None else "")
+        site, function, trigger = GC_SITE, named, where or _innermost(frames)
+    else:
+        site, function, trigger = where, site_frame.function if site_frame else None, None
+    startup = observed.startup and observed.request is None and starting_up(weighted)
     return Block(
         id=block_id,
         loop=loop,
@@ -191,8 +312,8 @@ def block(
         cpu_ratio=ratio,
         kind=kind,
         frames=frames,
-        site=site_frame.location if site_frame else None,
-        function=site_frame.function if site_frame else None,
+        site=site,
+        function=function,
         task=observed.task,
         coroutine=observed.coroutine,
         request=observed.request,
@@ -203,11 +324,19 @@ def block(
         stacks=tuple(Stack(f, c) for f, c in weighted.most_common(STACKS_KEPT)),
         source="deadman" if from_dump else ("sampled" if weighted else "none"),
         resolution=observed.resolution,
-        advice=advise(kind, held, observed.gc_time > 0.5 * observed.duration),
+        advice=advise(kind, held, mostly_gc),
         gil_held=held,
         gc_time=observed.gc_time,
         functions=observed.functions,
+        stalled=observed.not_run,
+        phase="startup" if startup else "running",
+        gc_generation=observed.gc_generation if mostly_gc else None,
+        gc_trigger=trigger,
     )
+
+
+def _innermost(frames: tuple[Frame, ...]) -> str | None:
+    return frames[-1].location if frames else None
 
 
 def cut(observed: Observed, *, loop: str, user_code: UserCode) -> Cut:

@@ -16,7 +16,8 @@ class GcTimer:
     MIN_PAUSE = 0.0005
 
     def __init__(self) -> None:
-        self.pauses: deque[tuple[int, float, float]] = deque(maxlen=2048)
+        #: (thread id, began, ended, generation) of the latest collections
+        self.pauses: deque[tuple[int, float, float, int]] = deque(maxlen=2048)
         self._started: tuple[int, float] | None = None
         self._installed = False
 
@@ -29,7 +30,7 @@ class GcTimer:
             self._started = None
             ended = time.monotonic()
             if ended - began > self.MIN_PAUSE:
-                self.pauses.append((thread_id, began, ended))
+                self.pauses.append((thread_id, began, ended, int(info.get("generation", -1))))
 
     def install(self) -> None:
         if not self._installed:
@@ -47,6 +48,15 @@ class GcTimer:
         """Seconds the collector ran in that thread between start and end."""
         return sum(
             max(0.0, min(end, stop) - max(start, began))
-            for tid, began, stop in list(self.pauses)
+            for tid, began, stop, _ in list(self.pauses)
             if tid == thread_id and stop > start and began < end
         )
+
+    def generation_in(self, thread_id: int, start: float, end: float) -> int | None:
+        """The oldest generation collected in that thread between start and end, if any."""
+        generations = [
+            generation
+            for tid, began, stop, generation in list(self.pauses)
+            if tid == thread_id and stop > start and began < end and generation >= 0
+        ]
+        return max(generations, default=None)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
@@ -26,11 +27,12 @@ from loopwatch._core import assemble
 from loopwatch._core.assemble import Clock, Cut, Observed, Reading
 from loopwatch._core.findings import Found
 from loopwatch._core.gctimer import GcTimer
+from loopwatch._core.quota import Throttling
 from loopwatch._core.settings import Settings
 from loopwatch._core.thread import LATE
 from loopwatch._core.tracker import WINDOW, Tracking
 from loopwatch._log import log_once, logger
-from loopwatch.model import Frame, FunctionStat, LoopStats, percentile
+from loopwatch.model import Frame, FunctionStat, LoopStats, Stall, percentile
 from loopwatch.probe import Probe, SelectorProbe
 from loopwatch.requests import request_of
 from loopwatch.stacks import RawStack, UserCode, capture, to_frames
@@ -76,10 +78,15 @@ class Looker:
         gc: GcTimer,
         on_block: Callable[[Found], None],
         on_cut: Callable[[Cut, float], None],
+        on_stall: Callable[[Stall, float], None] = lambda stall, end: None,
     ) -> None:
         self._gc = gc
         self._on_block = on_block
         self._on_cut = on_cut
+        self._on_stall = on_stall
+        #: (began, ended) of the latest stretches the whole process did not run
+        self._pauses: deque[tuple[float, float]] = deque(maxlen=256)
+        self._throttling = Throttling()
         self._block_ids = itertools.count(1)
         #: which frames are the program's own (set from the sessions' include/exclude)
         self.user_code = UserCode()
@@ -109,8 +116,21 @@ class Looker:
         ):
             return False
         wd.share.account(now, now - last.at, False)
-        wd.last = Reading(now, probe.cpu_only())
+        # With its run-queue time (a couple of microseconds more): the reference
+        # for a block that starts next, which may turn out to be a stall.
+        wd.last = Reading(now, probe.cpu_quick())
         return True
+
+    def paused(self, began: float, ended: float) -> None:
+        """The whole process did not run from ``began`` to ``ended`` (the watchdog woke late)."""
+        self._pauses.append((began, ended))
+
+    def _paused_in(self, start: float, end: float) -> float:
+        return sum(
+            max(0.0, min(end, stop) - max(start, began))
+            for began, stop in self._pauses
+            if stop > start and began < end
+        )
 
     def track(
         self,
@@ -136,9 +156,8 @@ class Looker:
             start = 0.0  # a stale look at an iteration already finished
         self.finish_ended(probe, settings)
         # An idle look's reading is the reference for a block that starts after
-        # it: CPU time is enough there (run-queue time is read from the block's
-        # first look on); the cheapest reading keeps a quiet watchdog cheap.
-        cpu = probe.cpu_quick() if start or wd.seen_start else probe.cpu_only()
+        # it, with run-queue time: an iteration the machine did not run is a stall.
+        cpu = probe.cpu_quick()
         if start != wd.seen_start:
             if wd.seen_start and wd.samples:
                 # It ended but its end was not stamped (the loop stopped in a
@@ -149,6 +168,7 @@ class Looker:
             wd.samples = Counter()
             wd.task = wd.coroutine = wd.request = wd.span = None
             wd.queued_from = None
+            wd.throttled_from = None
             wd.wakes = 1 if start else 0
             wd.late_wakes = 1 if start and late > LATE else 0
             # of the wait before this look, only what overlaps the iteration counts
@@ -185,6 +205,7 @@ class Looker:
         if wd.queued_from is None:
             # Worth a /proc read now that this iteration may be a block.
             wd.queued_from = probe.cpu_time()
+            wd.throttled_from = self._throttling.seconds()
         if probe.profiler is not None:
             probe.profiler.hold()  # a block being watched is profiled to its end
         wd.samples[capture(frame)] += 1
@@ -197,6 +218,7 @@ class Looker:
                 wd.coroutine = getattr(coro, "__qualname__", None) or repr(coro)
                 wd.request = request_of(task)
                 wd.span = span_of(task)
+                wd.served = wd.served or wd.request is not None
         return True
 
     def finish_ended(self, probe: Probe, settings: Settings) -> None:
@@ -304,6 +326,18 @@ class Looker:
             # finished: not to be finished again (by a tick) when the loop moves on
             wd.samples = Counter()
             wd.seen_start = -1.0
+        paused = self._paused_in(start, end) if self._pauses else 0.0
+        if duration > settings.site_threshold:
+            # Slow only because the machine did not run the loop's thread? Then the
+            # program's own part decides: a stall is never a block, cut or site.
+            own = duration - self._not_run(
+                reference, cpu_end, wd.queued_from if seen else None, paused, duration
+            )
+            if duration > settings.threshold and own <= settings.threshold:
+                self._stall(probe, start, end, cpu_end, reference, samples, seen, paused)
+                return
+            if duration <= settings.threshold and own <= settings.site_threshold:
+                return
         if (
             duration > settings.site_threshold
             and self._gc.time_in(probe.thread_id, start, end) < duration / 2
@@ -335,8 +369,12 @@ class Looker:
             late_time=wd.late_time,
             watch_from=wd.watch_from,
             gc_time=self._gc.time_in(probe.thread_id, start, end),
+            gc_generation=self._gc.generation_in(probe.thread_id, start, end),
             resolution=resolution or probe.resolution,
             functions=self._functions(tag),
+            paused=paused,
+            throttled=self._throttled_since(wd) if seen else None,
+            startup=not wd.served,
         )
         block = assemble.block(
             observed,
@@ -346,8 +384,64 @@ class Looker:
             wall_offset=WALL_OFFSET,
             pid=os.getpid(),  # read each time: a forked child is another process
         )
+        wd.served = wd.served or block.request is not None
         span, wd.span = (wd.span if seen else None), None
         self._on_block(Found(block, start, end, span))
+
+    def _throttled_since(self, wd: Tracking) -> float | None:
+        """Seconds the cgroup was throttled since the iteration was first sampled, if known."""
+        if wd.throttled_from is None:
+            return None
+        now = self._throttling.seconds()
+        return None if now is None else max(0.0, now - wd.throttled_from)
+
+    @staticmethod
+    def _not_run(
+        before: Reading | None,
+        cpu_end: Clock | None,
+        queued_from: Clock | None,
+        paused: float,
+        duration: float,
+    ) -> float:
+        """Seconds of an iteration the machine did not run the loop's thread."""
+        queued = assemble.queued_time(before, cpu_end, queued_from) or 0.0
+        return min(duration, queued + paused)
+
+    def _stall(
+        self,
+        probe: Probe,
+        start: float,
+        end: float,
+        cpu_end: Clock | None,
+        reference: Reading | None,
+        samples: Counter[RawStack],
+        seen: bool,
+        paused: float,
+    ) -> None:
+        wd = probe.wd
+        observed = Observed(
+            start=start,
+            end=end,
+            before=reference,
+            cpu_end=cpu_end,
+            queued_from=wd.queued_from if seen else None,
+            stacks=_frames_of(samples),
+            task=wd.task if seen else None,
+            request=wd.request if seen else None,
+            paused=paused,
+            throttled=self._throttled_since(wd) if seen else None,
+        )
+        found = assemble.stall(
+            observed,
+            threshold=math.inf,  # decided by the caller
+            loop=probe.label,
+            user_code=self.user_code,
+            wall_offset=WALL_OFFSET,
+            pid=os.getpid(),
+        )
+        wd.span = None
+        if found is not None:
+            self._on_stall(found, end)
 
     def _functions(self, tag: int) -> tuple[FunctionStat, ...]:
         profiler = self.profiler

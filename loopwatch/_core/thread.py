@@ -15,6 +15,7 @@ import time
 from types import FrameType
 from typing import Protocol
 
+from loopwatch._core.assemble import Clock
 from loopwatch._core.forking import FORK_WAIT, join_for_fork
 from loopwatch._core.wakeup import Wakeup
 from loopwatch._log import log_once
@@ -38,8 +39,15 @@ class Owner(Protocol):
     def busy(self) -> bool:
         """Whether the last look found a loop inside an iteration."""
 
-    def look(self, now: float, late: float, frames: dict[int, FrameType] | None) -> float:
-        """Look at the loops (the lock is held); seconds until the next look."""
+    def look(
+        self, now: float, late: float, frames: dict[int, FrameType] | None, paused: float
+    ) -> float:
+        """Look at the loops (the lock is held); seconds until the next look.
+
+        ``late``: how much later than asked the thread woke, less the time it sat
+        waiting for a CPU; ``paused``: how much of that the whole process did not
+        run at all (stopped, frozen), as far as the thread can tell.
+        """
 
     def after_look(self) -> None:
         """What is to be done after each look, outside the lock."""
@@ -138,7 +146,7 @@ class WatchdogThread:
 
     def _loop_forever(self, own: ThreadClock) -> None:
         owner = self._owner
-        late = 0.0
+        late = paused = 0.0
         frames: dict[int, FrameType] | None = None
         woke = 0.0
         while True:
@@ -149,7 +157,7 @@ class WatchdogThread:
                 if now - woke > _FRESH:
                     frames = None  # the lock was busy: look again
                 try:
-                    interval = owner.look(now, late, frames)
+                    interval = owner.look(now, late, frames, paused)
                 except Exception:
                     log_once("watchdog", "loopwatch's watchdog failed; detection may be incomplete")
                     interval = 0.05
@@ -159,9 +167,10 @@ class WatchdogThread:
                 self._ready.set()
             # The thread's own run-queue time before and after the sleep tells how
             # much of a late wake was the machine's doing, not a GIL held by a loop
-            # thread. That matters for a block in progress; reading /proc costs a
-            # sleeping thread's cold caches tens of microseconds, so only then.
-            before = own.quick() if owner.busy else None
+            # thread; the process's CPU time tells a process that was stopped
+            # (about 3 us a look, so on every look: a stop can start at any time).
+            before = own.quick()
+            process_before = time.process_time()
             asleep = time.monotonic()
             woken = self._wake.wait(interval)
             # First thing on waking: where each thread is. After a C call that held
@@ -173,7 +182,19 @@ class WatchdogThread:
             # Waking late means another thread held the GIL (or the machine is
             # overloaded): that is how a block is known to hold the GIL.
             late = 0.0 if woken else max(0.0, time.monotonic() - asleep - interval)
-            if late > LATE and before is not None and before[1] is not None:
-                after = own.quick()
-                if after is not None and after[1] is not None:
-                    late = max(0.0, late - (after[1] - before[1]))
+            paused = 0.0
+            if late > LATE:
+                late = _less_queued(late, before, own.quick())
+                # Held up by another thread holding the GIL, some thread of ours
+                # ran meanwhile. If none did, the process was stopped or frozen
+                # (SIGSTOP, a cgroup freezer, a paused VM); a C call that waits
+                # without letting go of the GIL looks the same from here.
+                if time.process_time() - process_before < late / 2:
+                    paused = late
+
+
+def _less_queued(late: float, before: Clock | None, after: Clock | None) -> float:
+    """``late`` without the time this thread sat runnable, waiting for a CPU (where known)."""
+    if before is None or after is None or before[1] is None or after[1] is None:
+        return late
+    return max(0.0, late - (after[1] - before[1]))

@@ -109,6 +109,10 @@ class Tracking:
     pinged: float = 0.0
     #: a reading with run-queue time, taken once the iteration looked like a block
     queued_from: Clock | None = None
+    #: the cgroup's throttled seconds then (None: not known)
+    throttled_from: float | None = None
+    #: the loop has served a request (blocks before that may be start-up)
+    served: bool = False
     #: when looks found iterations older than half the site threshold (recent ones)
     cut_looks: deque[float] = field(default_factory=lambda: deque(maxlen=CUT_EVIDENCE))
     #: the loop is timed on every iteration until then (0.0: it was not switched)

@@ -13,11 +13,19 @@ The wrappers are installed when the first strict session starts and removed
 when the last one stops. Locks made while strict mode was on keep working after
 it (they are the wrapper class, which then only passes calls on); a lock made
 before it, or a function bound before it (``from os import stat``), is not seen.
+
+A wrapper looks like what it wraps: the original's name, qualified name, module,
+doc and signature (``__wrapped__``), and it pickles by reference, as the name it
+is installed under, so a ``ProcessPoolExecutor`` can be handed ``time.sleep`` or
+``os.stat`` while strict mode is on.
 """
 
 from __future__ import annotations
 
+import copyreg
+import functools
 import os
+import pkgutil
 import socket
 import stat
 import sys
@@ -45,6 +53,60 @@ class _Patch:
     original: Any
 
 
+def _installed_name(owner: Any, name: str) -> str:
+    """``name`` in ``owner`` (a module or a class) as pickle and ``pkgutil.resolve_name``
+    spell it: ``os:stat``, ``socket:socket.recv``."""
+    if isinstance(owner, type):
+        return f"{owner.__module__}:{owner.__qualname__}.{name}"
+    return f"{owner.__name__}:{name}"
+
+
+def _found_by_name(function: Any, owner: Any, name: str) -> bool:
+    """Whether pickle, looking ``function`` up by its ``__module__`` and ``__qualname__``,
+    finds it once it is installed as ``owner.name``."""
+    module, qualname = getattr(function, "__module__", None), function.__qualname__
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return False
+    path, _, last = qualname.rpartition(".")
+    found = sys.modules.get(module)
+    for part in filter(None, path.split(".")):
+        found = getattr(found, part, None)
+    return found is owner and last == name
+
+
+class _Installed(functools.partial):  # type: ignore[type-arg]
+    """A module's function wrapped where its own name leads pickle to the original:
+    ``os.stat`` says it is ``posix.stat``. Pickled as the name it is installed under,
+    which loads as whatever is there then (the wrapper, or the original once strict
+    mode is off). A partial with no arguments of its own: a C call in front of the
+    wrapper, about 40 ns."""
+
+    _installed_as: str
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return pkgutil.resolve_name, (self._installed_as,)
+
+    def __repr__(self) -> str:
+        return repr(self.func)
+
+
+def _as_original(wrapper: Any, original: Any, owner: Any, name: str) -> Any:
+    """``wrapper`` (a function), looking like ``original`` as ``owner.name``."""
+    functools.update_wrapper(wrapper, original)  # names, doc, __wrapped__ (the signature)
+    if getattr(original, "__module__", None) is None:  # a C method: socket.socket.recv
+        wrapper.__module__ = owner.__module__ if isinstance(owner, type) else owner.__name__
+    if _found_by_name(wrapper, owner, name):
+        return wrapper  # time.sleep, threading.Condition.wait, socket.socket.recv...
+    if not isinstance(owner, type):
+        installed = _Installed(wrapper)
+        functools.update_wrapper(installed, original)
+        installed._installed_as = _installed_name(owner, name)
+        return installed
+    # a method pickle could not find by its own name (none so far): named where it is
+    wrapper.__module__, _, wrapper.__qualname__ = _installed_name(owner, name).partition(":")
+    return wrapper
+
+
 def _peer(sock: Any) -> str:
     try:
         return str(sock.getpeername())
@@ -68,15 +130,36 @@ def _regular_file(fd: Any) -> bool:
 
 
 class _LockType(type):
-    """``isinstance(lock, threading.Lock)`` holds for real locks and wrapped ones alike."""
+    """``isinstance(lock, threading.Lock)`` holds for real locks and wrapped ones alike.
+
+    The class carries the factory's names and doc, and its ``__wrapped__`` (here, so
+    that the locks themselves have none); it is pickled as the name it is installed
+    under (``threading.Lock``: its own, ``_thread.allocate_lock``, is the original's).
+    """
 
     _real: type
+    _wrapped: Any
+    _installed_as: str
 
     def __instancecheck__(cls, instance: Any) -> bool:
         return type.__instancecheck__(cls, instance) or isinstance(instance, cls._real)
 
+    @property
+    def __wrapped__(cls) -> Any:
+        return cls._wrapped
 
-def _lock_class(name: str, make: Callable[[], Any], report: Report) -> type:
+
+def _reduce_lock_class(cls: _LockType) -> tuple[Any, ...]:
+    return pkgutil.resolve_name, (cls._installed_as,)
+
+
+# a class is pickled by its own name unless its metaclass has a reducer in copyreg
+copyreg.pickle(_LockType, _reduce_lock_class)
+
+
+def _lock_class(
+    name: str, make: Callable[[], Any], report: Report, installed_as: str
+) -> _LockType:
     """A lock class that reports an acquire that has to wait, around ``make()``'s lock."""
 
     def __init__(self: Any) -> None:
@@ -101,20 +184,29 @@ def _lock_class(name: str, make: Callable[[], Any], report: Report) -> type:
         self._lock.release()
 
     def __getattr__(self: Any, attribute: str) -> Any:
+        if attribute == "_lock":
+            raise AttributeError(attribute)  # not made by __init__ (copy's reconstruction)
         # locked(), _is_owned(), _release_save(), _at_fork_reinit()...: the real lock's
         return getattr(self._lock, attribute)
 
     def __repr__(self: Any) -> str:
         return repr(self._lock)
 
+    def __reduce_ex__(self: Any, protocol: Any) -> Any:
+        # pickle and copy: as the real lock ("cannot pickle '_thread.lock' object")
+        return self._lock.__reduce_ex__(protocol)
+
     namespace = {
         "__init__": __init__, "acquire": acquire, "__enter__": __enter__,
         "__exit__": __exit__, "release": release, "__getattr__": __getattr__,
-        "__repr__": __repr__, "__slots__": ("_lock",), "__module__": "threading",
-        "__doc__": f"threading.{name}, reporting waits on an event loop's thread (strict mode).",
+        "__repr__": __repr__, "__reduce_ex__": __reduce_ex__, "__slots__": ("_lock",),
+        "__module__": make.__module__, "__qualname__": make.__qualname__,
+        "__doc__": make.__doc__,
     }
-    cls = _LockType(name, (), namespace)
+    cls = _LockType(make.__name__, (), namespace)
     cls._real = type(make())
+    cls._wrapped = make
+    cls._installed_as = installed_as
     return cls
 
 
@@ -149,8 +241,9 @@ class Wrappers:
             # SSLSocket.recv and recv_into call read, sendall calls send: one finding each
             for name in ("read", "write", "send"):
                 self._wrap(ssl.SSLSocket, name, self._socket_call(f"ssl.SSLSocket.{name}"))
-        self._wrap(threading, "Lock", _lock_class("Lock", threading.Lock, report))
-        self._wrap(threading, "RLock", _lock_class("RLock", threading.RLock, report))
+        for name in ("Lock", "RLock"):
+            self._wrap(threading, name, functools.partial(
+                _lock_class, name, report=report, installed_as=f"threading:{name}"))
         self._wrap(threading.Condition, "wait", self._condition_wait)
         self._wrap(threading.Thread, "join", self._thread_join)
 
@@ -159,9 +252,11 @@ class Wrappers:
             setattr(patch.owner, patch.name, patch.original)
         self._patches = []
 
-    def _wrap(self, owner: Any, name: str, make: Callable[[Any], Any] | type) -> None:
+    def _wrap(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
         original = getattr(owner, name)
-        replacement = make if isinstance(make, type) else make(original)
+        replacement = make(original)
+        if not isinstance(replacement, _LockType):  # named by _lock_class
+            replacement = _as_original(replacement, original, owner, name)
         self._patches.append(_Patch(owner, name, original))
         setattr(owner, name, replacement)
 
