@@ -435,7 +435,9 @@ class Watchdog:
         heartbeat = False
         self._looker.saw_busy = False
         for probe in list(self._loops.probes):
-            if not flush and self._looker.idle_look(probe, frames.get(probe.thread_id), now):
+            if not flush and self._looker.idle_look(
+                probe, frames.get(probe.thread_id), now, settings.threshold
+            ):
                 continue
             if probe.failure is not None:
                 self._give_up(probe, probe.failure)

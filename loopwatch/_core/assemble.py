@@ -295,6 +295,7 @@ def block(
     from_dump = site_frame is not None and any(site_frame in f for f, _ in observed.dumps)
     where = site_frame.location if site_frame else None
     site: str | None
+    function: str | None
     if mostly_gc:
         # The collection is the block; the line it interrupted is only its trigger.
         generation = observed.gc_generation

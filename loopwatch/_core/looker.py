@@ -95,7 +95,9 @@ class Looker:
         #: whether a look since the watchdog last reset it found a loop inside an iteration
         self.saw_busy = False
 
-    def idle_look(self, probe: Probe, frame: FrameType | None, now: float) -> bool:
+    def idle_look(
+        self, probe: Probe, frame: FrameType | None, now: float, threshold: float
+    ) -> bool:
         """The most common look, kept lean: the loop waits in select and nothing is due.
 
         What the full look would do then: count the time since the last look as
@@ -118,8 +120,38 @@ class Looker:
         wd.share.account(now, now - last.at, False)
         # With its run-queue time (a couple of microseconds more): the reference
         # for a block that starts next, which may turn out to be a stall.
-        wd.last = Reading(now, probe.cpu_quick())
+        cpu = probe.cpu_quick()
+        self._unseen_stall(probe, now, cpu, 0.0, threshold)
+        wd.last = Reading(now, cpu)
         return True
+
+    def _unseen_stall(
+        self, probe: Probe, now: float, cpu: Clock | None, start: float, threshold: float
+    ) -> None:
+        """Since the last look the machine did not run the loop's thread for longer than the
+        threshold, in no iteration this watchdog saw (it was not run either): a stall."""
+        wd = probe.wd
+        last = wd.last
+        if last is None or wd.finished_to > last.at or (start and start <= last.at):
+            return  # an iteration over that stretch was, or will be, finished and judged
+        queued = 0.0
+        if cpu is not None and cpu[1] is not None and last.cpu is not None \
+                and last.cpu[1] is not None:
+            queued = max(0.0, cpu[1] - last.cpu[1])
+        paused = self._paused_in(last.at, now) if self._pauses else 0.0
+        lost = min(now - last.at, queued + paused)
+        if lost <= threshold:
+            return
+        wd.finished_to = wd.stall_reported_at = now
+        self._on_stall(Stall(
+            loop=probe.label,
+            started=WALL_OFFSET + now - lost,
+            duration=lost,
+            cause="paused" if paused > queued else "starved",
+            queued=queued,
+            paused=paused,
+            pid=os.getpid(),
+        ), now)
 
     def paused(self, began: float, ended: float) -> None:
         """The whole process did not run from ``began`` to ``ended`` (the watchdog woke late)."""
@@ -180,6 +212,7 @@ class Looker:
             wd.late_time += late
         if not flush and wd.last is not None:
             wd.share.account(now, now - wd.last.at, bool(start))
+            self._unseen_stall(probe, now, cpu, start, settings.threshold)
         wd.last = Reading(now, cpu)
         age = now - start if start else 0.0
         self.saw_busy = self.saw_busy or bool(start)
@@ -322,6 +355,7 @@ class Looker:
         dumps = [(frames, weight) for at, frames, weight in wd.dumps if start <= at <= end]
         wd.dumps = [d for d in wd.dumps if d[0] > end]
         wd.done = start
+        wd.finished_to = max(wd.finished_to, end)
         if seen:
             # finished: not to be finished again (by a tick) when the loop moves on
             wd.samples = Counter()
@@ -419,6 +453,9 @@ class Looker:
         paused: float,
     ) -> None:
         wd = probe.wd
+        wd.span = None
+        if start < wd.stall_reported_at:
+            return  # reported already, from the looks around it (see _unseen_stall)
         observed = Observed(
             start=start,
             end=end,
@@ -439,7 +476,6 @@ class Looker:
             wall_offset=WALL_OFFSET,
             pid=os.getpid(),
         )
-        wd.span = None
         if found is not None:
             self._on_stall(found, end)
 

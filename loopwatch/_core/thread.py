@@ -148,7 +148,11 @@ class WatchdogThread:
         owner = self._owner
         late = paused = 0.0
         frames: dict[int, FrameType] | None = None
-        woke = 0.0
+        woke = time.monotonic()
+        # Where this thread's cycle (look, then sleep) began: its run-queue time and
+        # the process's CPU time then tell what the machine did meanwhile.
+        clock = own.quick()
+        process_cpu = time.process_time()
         while True:
             with owner.lock:
                 if self._thread is not threading.current_thread():
@@ -165,12 +169,7 @@ class WatchdogThread:
             owner.after_look()
             if not self._ready.is_set():
                 self._ready.set()
-            # The thread's own run-queue time before and after the sleep tells how
-            # much of a late wake was the machine's doing, not a GIL held by a loop
-            # thread; the process's CPU time tells a process that was stopped
-            # (about 3 us a look, so on every look: a stop can start at any time).
-            before = own.quick()
-            process_before = time.process_time()
+            cycle_began = woke
             asleep = time.monotonic()
             woken = self._wake.wait(interval)
             # First thing on waking: where each thread is. After a C call that held
@@ -179,18 +178,23 @@ class WatchdogThread:
             frames = None if woken else sys._current_frames()
             woke = time.monotonic()
             self._wake.clear()
+            # The thread's own run-queue time over the cycle tells how much of a late
+            # wake was the machine's doing, not a GIL held by a loop thread; the
+            # process's CPU time tells a process that was stopped (about 3 us a
+            # cycle, so on every one: a stop can come at any moment of it).
+            before, clock = clock, own.quick()
+            cpu_before, process_cpu = process_cpu, time.process_time()
             # Waking late means another thread held the GIL (or the machine is
             # overloaded): that is how a block is known to hold the GIL.
-            late = 0.0 if woken else max(0.0, time.monotonic() - asleep - interval)
-            paused = 0.0
-            if late > LATE:
-                late = _less_queued(late, before, own.quick())
-                # Held up by another thread holding the GIL, some thread of ours
-                # ran meanwhile. If none did, the process was stopped or frozen
-                # (SIGSTOP, a cgroup freezer, a paused VM); a C call that waits
-                # without letting go of the GIL looks the same from here.
-                if time.process_time() - process_before < late / 2:
-                    paused = late
+            late = 0.0 if woken else _less_queued(max(0.0, woke - asleep - interval),
+                                                  before, clock)
+            # Held up by another thread holding the GIL, some thread of ours ran
+            # meanwhile. If none did over the whole cycle (the look included: a stop
+            # may come while it runs), the process was stopped or frozen (SIGSTOP,
+            # a cgroup freezer, a paused VM); a C call that waits without letting go
+            # of the GIL looks the same from here.
+            slow = _less_queued(max(0.0, woke - cycle_began - interval), before, clock)
+            paused = slow if slow > LATE and process_cpu - cpu_before < slow / 2 else 0.0
 
 
 def _less_queued(late: float, before: Clock | None, after: Clock | None) -> float:

@@ -113,6 +113,10 @@ class Tracking:
     throttled_from: float | None = None
     #: the loop has served a request (blocks before that may be start-up)
     served: bool = False
+    #: the end of the latest iteration finished (or stall reported) on this loop
+    finished_to: float = 0.0
+    #: when a stall was last reported from the looks around it (no iteration seen)
+    stall_reported_at: float = 0.0
     #: when looks found iterations older than half the site threshold (recent ones)
     cut_looks: deque[float] = field(default_factory=lambda: deque(maxlen=CUT_EVIDENCE))
     #: the loop is timed on every iteration until then (0.0: it was not switched)
