@@ -68,20 +68,56 @@ import urllib.request
 
 import pytest
 
+from loopwatch._core.strict import STRICT
+
 pytestmark = pytest.mark.asyncio
 
 
-def held_for_a_while(lock):
-    """Another thread holds the lock for 50 ms, from before this returns."""
+#: seconds a helper thread waits for strict mode to see the call it is waiting for: only
+#: ever reached if strict mode missed it (the test then fails)
+WAIT = 10
+
+
+def after_finding(call, then):
+    """Run ``then()`` in another thread once strict mode has seen this thread make ``call``.
+
+    Strict mode reports a wait just before it begins. What ``then()`` ends (a
+    lock held, a thread alive, a queue empty) lasts until then, so the call
+    does wait, however late a busy machine runs this thread; a timer could fire
+    first, and the call would not wait at all. Without strict mode (the same
+    suite under plain --loopwatch), ``then()`` runs at once.
+    """
+    if not STRICT.active:
+        threading.Thread(target=then, daemon=True).start()
+        return
+    found = threading.Event()
+
+    def receive(blocking_call):
+        if blocking_call.call == call:
+            found.set()
+
+    def run():
+        found.wait(WAIT)
+        STRICT.unsubscribe(receive)
+        then()
+
+    STRICT.subscribe(receive)
+    threading.Thread(target=run, daemon=True).start()
+
+
+def held_until_found(lock, call):
+    """Another thread holds the lock from before this returns until strict mode saw ``call``."""
     taken = threading.Event()
+    release = threading.Event()
 
     def hold():
         with lock:
             taken.set()
-            time.sleep(0.05)
+            release.wait(WAIT)
 
     threading.Thread(target=hold, daemon=True).start()
     taken.wait()
+    after_finding(call, release.set)
 
 
 async def test_sleep():
@@ -139,26 +175,28 @@ async def test_sqlite(tmp_path):
 
 async def test_contended_lock():
     lock = threading.Lock()
-    held_for_a_while(lock)
+    held_until_found(lock, "threading.Lock.acquire")
     with lock:  # finding: threading.Lock.acquire
         pass
 
 
 async def test_future_result():
+    release = threading.Event()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        future = pool.submit(time.sleep, 0.02)
+        future = pool.submit(release.wait, WAIT)
+        after_finding("concurrent.futures.Future.result", release.set)
         future.result()  # finding: concurrent.futures.Future.result
 
 
 async def test_queue_get():
     waiting = queue.Queue()
-    threading.Timer(0.02, waiting.put, (1,)).start()
+    after_finding("queue.Queue.get", lambda: waiting.put(1))
     waiting.get()  # finding: queue.Queue.get
 
 
 async def test_event_wait():
     event = threading.Event()
-    threading.Timer(0.02, event.set).start()
+    after_finding("threading.Event.wait", event.set)
     event.wait()  # finding: threading.Event.wait
 
 
@@ -187,8 +225,10 @@ async def test_in_a_callback():
 
 
 async def test_thread_join():
-    thread = threading.Thread(target=time.sleep, args=(0.02,))
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, args=(WAIT,))
     thread.start()
+    after_finding("threading.Thread.join", release.set)
     thread.join()  # finding: threading.Thread.join
 '''
 
@@ -684,7 +724,10 @@ def test_every_kind_of_loop(pytester: pytest.Pytester) -> None:
 def test_suite_passes_without_strict(pytester: pytest.Pytester) -> None:
     """The same blocking suite under plain --loopwatch: short calls are no blocks."""
     suite(pytester, test_blocking=BLOCKING)
-    result = run(pytester, "--loopwatch", "-p", "no:randomly")
+    # Short, not instant: on a busy machine starting a Python subprocess can take
+    # longer than the default 100 ms; a threshold far above any of these calls
+    # keeps this about strict mode being off.
+    result = run(pytester, "--loopwatch", "--loopwatch-threshold=2", "-p", "no:randomly")
     tests = BLOCKING.count("\nasync def test_")
     result.assert_outcomes(passed=tests)
     assert "strict mode" not in result.stdout.str()
