@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--hogs must be >= 0 and --repeat >= 1")
 
     signal.signal(signal.SIGTERM, _terminate)
+    # Started in the background (`busy.py ... &` in a script), this process and so the
+    # command would ignore SIGINT: tests that interrupt a child of theirs would hang.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     hogs: list[subprocess.Popen[bytes]] = []
     status = 0
     try:
