@@ -203,6 +203,7 @@ def test_ctrl_c_prints_the_report_without_a_traceback_and_exits_130(
         _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
+        process.communicate()  # reaped, its pipes closed, even if it hung
     assert process.returncode == 130  # interrupted wins over --fail-on-block
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert "app.py: interrupted" in stderr
