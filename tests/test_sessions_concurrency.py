@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from workloads import THRESHOLD, marked
+from workloads import BLOCK, THRESHOLD, marked
 
 import loopwatch
 from loopwatch import Block, Report
@@ -228,12 +228,12 @@ class Readers:
 
 
 def test_report_and_blocks_read_from_other_threads_while_the_loop_blocks() -> None:
-    """Three threads read report() and blocks over and over during ten 80 ms blocks."""
+    """Three threads read report() and blocks over and over during ten 150 ms blocks."""
 
     async def main() -> None:
         for _ in range(10):
             await asyncio.sleep(0)
-            time.sleep(0.08)  # block: repeated
+            time.sleep(BLOCK)  # block: repeated
 
     with loopwatch.watch(threshold=THRESHOLD) as session, Readers(session) as readers:
         asyncio.run(main())
@@ -259,7 +259,7 @@ def test_stop_while_other_threads_read_the_report() -> None:
     async def main() -> None:
         for _ in range(3):
             await asyncio.sleep(0)
-            time.sleep(0.08)  # block: before-stop
+            time.sleep(BLOCK)  # block: before-stop
 
     def stop(session: loopwatch.Session) -> None:
         try:
@@ -308,7 +308,7 @@ def test_sessions_come_and_go_in_another_thread_while_a_loop_blocks(order: str) 
     async def main() -> None:
         for _ in range(6):
             await asyncio.sleep(0)
-            time.sleep(0.08)  # block: churn
+            time.sleep(BLOCK)  # block: churn
 
     def churn() -> None:
         while not stop.is_set():
