@@ -75,9 +75,31 @@ def block_facts(block: Block) -> list[str]:
         facts.append(f"CPU {block.cpu_ratio:.0%}")
     if block.gil_held is not None:
         facts.append("GIL released" if block.gil_released else f"GIL held {block.gil_held:.0%}")
-    if block.gc_time > 0 and block.gc_time >= NOTABLE_GC * block.duration:
+    if block.gc_time > 0 and block.gc_time >= NOTABLE_GC * block.duration and block.kind != "gc":
         facts.append(f"GC {duration(block.gc_time)}")
+    if block.stalled >= NOTABLE_STALL * block.duration:
+        facts.append(f"not run by the machine {duration(block.stalled)}")
     return facts
+
+
+#: A block's time not run by the machine is mentioned when it is at least this share.
+NOTABLE_STALL = 0.05
+
+#: Why a loop's thread was not run, for a person.
+STALL_CAUSE = {
+    "starved": "the machine did not run the loop's thread (CPU contention)",
+    "throttled": "the process's CPU quota ran out (its cgroup was throttled)",
+    "paused": "the process was stopped (SIGSTOP, a frozen container, a paused VM)",
+}
+
+
+def stall_lines(report: Report) -> list[str]:
+    """One line per cause of the report's stalls: long iterations that were not the code's."""
+    return [
+        f"{STALL_CAUSE.get(cause, cause)} for up to {duration(longest)}, "
+        f"{plural(count, 'time')}: not your code, and not counted as blocks"
+        for cause, count, longest in report.stalls_by_cause()
+    ]
 
 
 def block_who(block: Block) -> list[str]:
@@ -107,7 +129,8 @@ def report_notes(report: Report) -> list[str]:
 
 
 #: How each kind of block is named for a person.
-KIND_LABEL = {"cpu": "computing", "wait": "waiting", "mixed": "computing and waiting"}
+KIND_LABEL = {"cpu": "computing", "wait": "waiting", "mixed": "computing and waiting",
+              "gc": "garbage collection"}
 
 
 def percent(ratio: float | None) -> str:

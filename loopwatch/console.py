@@ -40,6 +40,7 @@ from loopwatch._format import (
     report_notes,
     short_path,
     short_site,
+    stall_lines,
 )
 from loopwatch._stackview import Folded, stack_view
 from loopwatch.model import Block, FunctionStat, LoopStats, Report
@@ -88,6 +89,7 @@ def render_summary(report: Report, limit: int = 20) -> str:
         lines += ["  " + block_line(b) for b in report.worst(limit)]
         if count > limit:
             lines.append(f"  ... and {count - limit} more")
+    lines += [f"  stalls: {line}" for line in stall_lines(report)]
     lines += [f"  note: {event}" for event in report.events]
     return "\n".join(lines)
 
@@ -99,7 +101,8 @@ def print_summary(report: Report, file: TextIO | None = None) -> None:
 
 # -- the rich report ------------------------------------------------------------
 
-_KIND_STYLE = {"cpu": "bold red", "wait": "bold yellow", "mixed": "bold magenta"}
+_KIND_STYLE = {"cpu": "bold red", "wait": "bold yellow", "mixed": "bold magenta",
+               "gc": "bold blue"}
 
 
 
@@ -146,6 +149,13 @@ def _block_header(number: int, block: Block) -> Text:
 
 def _where(block: Block) -> Text:
     text = Text()
+    if block.kind == "gc":
+        text.append(block.function or "garbage collection", style="bold")
+        text.append(f": {duration(block.gc_time)} of {duration(block.duration)} in the garbage "
+                    "collector, which runs at whatever line allocates next")
+        if block.gc_trigger:
+            text.append(f" (triggered at {short_site(block.gc_trigger)})", style="dim")
+        return text
     if block.mostly_gc:
         text.append("mostly a GC pause", style="bold")
         text.append(f": {duration(block.gc_time)} of {duration(block.duration)} in the garbage "
@@ -359,6 +369,7 @@ def _heading(title: str) -> Text:
 
 def _report(report: Report, width: int, limit: int) -> list[RenderableType]:
     parts: list[RenderableType] = [_summary(report)]
+    parts += [Text(f"stalls: {line}", style="yellow") for line in stall_lines(report)]
     worst = report.worst(limit)
     if worst:
         is_user = UserCode()
@@ -370,6 +381,13 @@ def _report(report: Report, width: int, limit: int) -> list[RenderableType]:
             if number > 1:
                 parts.append(Text())
             parts.append(_block(number, block, width, is_user))
+    startup = report.startup_blocks
+    if startup:
+        parts += [Text(), _heading(f"Start-up ({plural(len(startup), 'block')} before the loop "
+                                   "served anything: imports, a lifespan's start)")]
+        parts += [Text("  " + block_line(b)) for b in startup[:limit]]
+        if len(startup) > limit:
+            parts.append(Text(f"  ... and {len(startup) - limit} more", style="dim"))
     if report.sites:
         more = len(report.sites) - limit * 2
         parts += [Text(), _heading("Sites"), Padding(_sites_table(report, limit * 2), (0, 0, 0, 2))]

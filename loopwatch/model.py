@@ -454,6 +454,18 @@ class Report:
         running = (b for b in self.blocks if b.phase != "startup")
         return sorted(running, key=lambda b: b.duration, reverse=True)[:n]
 
+    def stalls_by_cause(self) -> list[tuple[StallCause, int, float]]:
+        """(cause, how many, the longest) of the stalls, most frequent first.
+
+        >>> Report(0.05, stalls=(Stall("L", 0.0, 0.15, "starved", 0.15),)).stalls_by_cause()
+        [('starved', 1, 0.15)]
+        """
+        groups: dict[StallCause, list[float]] = {}
+        for stall in self.stalls:
+            groups.setdefault(stall.cause, []).append(stall.duration)
+        return sorted(((cause, len(d), max(d)) for cause, d in groups.items()),
+                      key=lambda group: -group[1])
+
     @property
     def startup_blocks(self) -> tuple[Block, ...]:
         """Blocks before a loop served anything (imports, a lifespan's start), in order."""

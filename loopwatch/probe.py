@@ -283,6 +283,10 @@ class Probe:
     def watch_end(self, start: float) -> None:
         """Make sure the end of the iteration that began at ``start`` is stamped exactly."""
 
+    def waiting(self, frame: FrameType) -> bool:
+        """Whether the loop thread (innermost ``frame``) surely waits for events, not busy."""
+        return False
+
     def ping(self, now: float) -> None:
         """Schedule a pong on the loop from the watchdog thread, unless one is pending."""
         if self._ping_sent:
@@ -409,6 +413,9 @@ class SelectorProbe(Probe):
             and not self.ended
             and not self._end_armed_for
         )
+
+    def waiting(self, frame: FrameType) -> bool:
+        return frame.f_code is self._idle_code
 
     def busy_since(self, frame: FrameType | None, now: float, heartbeat: float) -> float:
         if self.exact:

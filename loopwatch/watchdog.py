@@ -142,6 +142,11 @@ class Watchdog:
             except Exception:
                 log_once("wake-listener", "loopwatch failed after a look; it carries on")
 
+    def held_back(self, began: float, ended: float) -> None:
+        """The watchdog thread sat waiting for a CPU while it looked (see Looker.held_back)."""
+        with self._lock:
+            self._looker.held_back(began, ended)
+
     @property
     def busy(self) -> bool:
         return self._looker.saw_busy
@@ -419,17 +424,20 @@ class Watchdog:
         settings = self._settings
         if settings is None:
             return 0.05
-        if paused:
-            # Not a GIL held by a loop thread: nothing of ours ran at all.
-            self._looker.paused(now - paused, now)
-            late -= paused
+        if frames is None:
+            frames = sys._current_frames()
+        # Stacks first, before anything here lets go of the GIL (a /proc read, a
+        # lock): the loop's thread would run on, and a frame read later would show
+        # a line after the call that was running when this thread woke.
+        captured = {} if flush else self._looker.capture_busy(self._loops.probes, frames)
+        # Not a GIL held by a loop thread: nothing of ours ran at all.
+        self._looker.paused(paused)
+        late -= paused
         if not flush and now - self._last_scan > _SCAN_EVERY:
             self._scan()
         if late > settings.threshold and not flush:
             for message in self._looker.stalled(self._loops.probes, late):
                 self._broadcast_event(message)
-        if frames is None:
-            frames = sys._current_frames()
         sampling = False
         cut_prone = False
         heartbeat = False
@@ -448,7 +456,9 @@ class Watchdog:
                     continue
                 heartbeat = heartbeat or probe.resolution == "heartbeat"
                 frame = frames.get(probe.thread_id)
-                if self._looker.track(probe, frame, now, settings, flush, late):
+                if self._looker.track(
+                    probe, frame, now, settings, flush, late, captured.get(probe.thread_id)
+                ):
                     sampling = True
                 # so that few of a thousand cuts go uncounted
                 cut_prone = cut_prone or probe.wd.watching_cuts(now)

@@ -94,6 +94,9 @@ class Observed:
     functions: tuple[FunctionStat, ...] = ()
     #: seconds of the iteration the whole process was stopped (the watchdog's view)
     paused: float = 0.0
+    #: seconds the loop's thread waited for the GIL while loopwatch's watchdog held it
+    #: and sat waiting for a CPU (the machine's doing too)
+    held: float = 0.0
     #: seconds the process's cgroup was throttled for its CPU quota meanwhile (None: unknown)
     throttled: float | None = None
     #: the loop had served nothing yet when it ran (start-up: imports, a lifespan)
@@ -111,7 +114,7 @@ class Observed:
     @property
     def not_run(self) -> float:
         """Seconds of the iteration the machine did not run the loop's thread."""
-        return min(self.duration, (self.queued or 0.0) + self.paused)
+        return min(self.duration, (self.queued or 0.0) + self.paused + self.held)
 
 
 def queued_time(
@@ -229,7 +232,7 @@ def stall(
     lost = observed.not_run
     if not lost or observed.duration - lost > threshold:
         return None
-    queued = observed.queued or 0.0
+    queued = (observed.queued or 0.0) + observed.held
     throttled = observed.throttled or 0.0
     cause: StallCause
     if observed.paused > queued:
@@ -285,7 +288,7 @@ def block(
     """The :class:`Block` for an iteration over the threshold."""
     ratio = cpu_ratio(
         observed.before, observed.cpu_end, observed.start, observed.end, observed.queued_from,
-        observed.paused,
+        observed.paused + observed.held,
     )
     weighted = weigh(observed)
     frames, site_frame = choose_site(weighted, user_code)

@@ -56,6 +56,18 @@ def _frames_of(samples: Counter[RawStack]) -> Counter[tuple[Frame, ...]]:
     return stacks
 
 
+def _queued_between(before: Clock | None, after: Clock | None) -> float:
+    """Run-queue seconds between two readings of a thread's clock (0.0 when not known)."""
+    if before is None or after is None or before[1] is None or after[1] is None:
+        return 0.0
+    return max(0.0, after[1] - before[1])
+
+
+def _overlap(spans: Iterable[tuple[float, float]], start: float, end: float) -> float:
+    return sum(max(0.0, min(end, stop) - max(start, began)) for began, stop in spans
+               if stop > start and began < end)
+
+
 def _running_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
     """The task that ``loop`` is running right now, asked from another thread.
 
@@ -84,8 +96,10 @@ class Looker:
         self._on_block = on_block
         self._on_cut = on_cut
         self._on_stall = on_stall
-        #: (began, ended) of the latest stretches the whole process did not run
-        self._pauses: deque[tuple[float, float]] = deque(maxlen=256)
+        #: how long the process did not run before the look in progress (see paused())
+        self._pending_pause = 0.0
+        #: (began, ended) of the latest stretches the watchdog held the GIL, not run
+        self._held: deque[tuple[float, float]] = deque(maxlen=256)
         self._throttling = Throttling()
         self._block_ids = itertools.count(1)
         #: which frames are the program's own (set from the sessions' include/exclude)
@@ -121,9 +135,22 @@ class Looker:
         # With its run-queue time (a couple of microseconds more): the reference
         # for a block that starts next, which may turn out to be a stall.
         cpu = probe.cpu_quick()
+        self._note_pause(wd, now, cpu)
         self._unseen_stall(probe, now, cpu, 0.0, threshold)
         wd.last = Reading(now, cpu)
         return True
+
+    @staticmethod
+    def capture_busy(
+        probes: Iterable[Probe], frames: dict[int, FrameType]
+    ) -> dict[int, RawStack]:
+        """The stacks of loop threads that are not waiting in select, by thread id."""
+        stacks = {}
+        for probe in probes:
+            frame = frames.get(probe.thread_id)
+            if frame is not None and not probe.waiting(frame):
+                stacks[probe.thread_id] = capture(frame)
+        return stacks
 
     def _unseen_stall(
         self, probe: Probe, now: float, cpu: Clock | None, start: float, threshold: float
@@ -134,35 +161,51 @@ class Looker:
         last = wd.last
         if last is None or wd.finished_to > last.at or (start and start <= last.at):
             return  # an iteration over that stretch was, or will be, finished and judged
-        queued = 0.0
-        if cpu is not None and cpu[1] is not None and last.cpu is not None \
-                and last.cpu[1] is not None:
-            queued = max(0.0, cpu[1] - last.cpu[1])
-        paused = self._paused_in(last.at, now) if self._pauses else 0.0
-        lost = min(now - last.at, queued + paused)
-        if lost <= threshold:
-            return
-        wd.finished_to = wd.stall_reported_at = now
+        queued = _queued_between(last.cpu, cpu)
+        paused, held = self._not_run_in(wd, last.at, now)
+        # An iteration in progress is judged when it ends: only what came before it here.
+        upto = start or now
+        lost = min(upto - last.at, queued + paused + held)
+        ran = cpu[0] - last.cpu[0] if cpu is not None and last.cpu is not None else 0.0
+        if lost <= threshold or ran > threshold:
+            return  # (the loop computed that long: an iteration the watchdog did not see)
+        wd.finished_to = wd.stall_reported_at = upto
         self._on_stall(Stall(
             loop=probe.label,
-            started=WALL_OFFSET + now - lost,
+            started=WALL_OFFSET + upto - lost,
             duration=lost,
-            cause="paused" if paused > queued else "starved",
-            queued=queued,
+            cause="paused" if paused > queued + held else "starved",
+            queued=queued + held,
             paused=paused,
             pid=os.getpid(),
         ), now)
 
-    def paused(self, began: float, ended: float) -> None:
-        """The whole process did not run from ``began`` to ``ended`` (the watchdog woke late)."""
-        self._pauses.append((began, ended))
+    def paused(self, seconds: float) -> None:
+        """The whole process did not run for ``seconds`` before this look (the watchdog woke
+        late and no thread of ours used the CPU meanwhile): for each loop, the part its own
+        thread did not spend waiting for a CPU (a thread holding the GIL may have)."""
+        self._pending_pause = seconds
 
-    def _paused_in(self, start: float, end: float) -> float:
-        return sum(
-            max(0.0, min(end, stop) - max(start, began))
-            for began, stop in self._pauses
-            if stop > start and began < end
-        )
+    def held_back(self, began: float, ended: float) -> None:
+        """This watchdog, holding the GIL, sat waiting for a CPU from ``began`` to ``ended``:
+        meanwhile loop threads waited for the GIL, through no fault of their own."""
+        self._held.append((began, ended))
+
+    def _note_pause(self, wd: Tracking, now: float, cpu: Clock | None) -> None:
+        pause = self._pending_pause
+        if not pause or wd.last is None:
+            return
+        # A stopped thread neither runs nor waits for a CPU: whatever this loop's thread
+        # spent doing either since the last look was not part of the pause.
+        before = wd.last.cpu
+        ran = cpu[0] - before[0] if cpu is not None and before is not None else 0.0
+        own = min(pause, now - wd.last.at - _queued_between(before, cpu) - ran)
+        if own > LATE:
+            wd.pauses.append((now - own, now))
+
+    def _not_run_in(self, wd: Tracking, start: float, end: float) -> tuple[float, float]:
+        """(paused, held back) seconds between start and end: see paused() and held_back()."""
+        return _overlap(wd.pauses, start, end), _overlap(self._held, start, end)
 
     def track(
         self,
@@ -172,8 +215,13 @@ class Looker:
         settings: Settings,
         flush: bool,
         late: float = 0.0,
+        stack: RawStack | None = None,
     ) -> bool:
-        """Sample the probe's loop if it is blocking; finish blocks that ended."""
+        """Sample the probe's loop if it is blocking; finish blocks that ended.
+
+        ``stack``: the loop thread's stack, captured the moment the watchdog woke
+        (see :meth:`capture_busy`); taken from ``frame`` now when not given.
+        """
         wd = probe.wd
         if flush and probe.alive():
             # A report is wanted now (from any thread): finish the iterations that
@@ -212,6 +260,7 @@ class Looker:
             wd.late_time += late
         if not flush and wd.last is not None:
             wd.share.account(now, now - wd.last.at, bool(start))
+            self._note_pause(wd, now, cpu)
             self._unseen_stall(probe, now, cpu, start, settings.threshold)
         wd.last = Reading(now, cpu)
         age = now - start if start else 0.0
@@ -241,7 +290,7 @@ class Looker:
             wd.throttled_from = self._throttling.seconds()
         if probe.profiler is not None:
             probe.profiler.hold()  # a block being watched is profiled to its end
-        wd.samples[capture(frame)] += 1
+        wd.samples[stack or capture(frame)] += 1
         if wd.task is None:
             loop = probe.loop
             task = _running_task(loop) if loop is not None else None
@@ -352,6 +401,15 @@ class Looker:
         seen = start == wd.seen_start
         samples = wd.samples if seen else Counter()
         reference = wd.before if seen else wd.last
+        ended = wd.ended_at
+        if ended is not None and ended.at <= start and (
+            reference is None or ended.at > reference.at
+        ):
+            # The previous iteration's end is a closer reference than a look taken
+            # during it: this iteration must not count that one's tail.
+            reference = ended
+        if cpu_end is not None:
+            wd.ended_at = Reading(end, cpu_end)
         dumps = [(frames, weight) for at, frames, weight in wd.dumps if start <= at <= end]
         wd.dumps = [d for d in wd.dumps if d[0] > end]
         wd.done = start
@@ -360,15 +418,19 @@ class Looker:
             # finished: not to be finished again (by a tick) when the loop moves on
             wd.samples = Counter()
             wd.seen_start = -1.0
-        paused = self._paused_in(start, end) if self._pauses else 0.0
+        paused, held = self._not_run_in(wd, start, end)
+        if start < wd.stall_reported_at:
+            # The stretch up to then was reported as a stall from the looks around it.
+            start = min(end, wd.stall_reported_at)
+            duration = end - start
         if duration > settings.site_threshold:
             # Slow only because the machine did not run the loop's thread? Then the
             # program's own part decides: a stall is never a block, cut or site.
             own = duration - self._not_run(
-                reference, cpu_end, wd.queued_from if seen else None, paused, duration
+                reference, cpu_end, wd.queued_from if seen else None, paused + held, duration
             )
             if duration > settings.threshold and own <= settings.threshold:
-                self._stall(probe, start, end, cpu_end, reference, samples, seen, paused)
+                self._stall(probe, start, end, cpu_end, reference, samples, seen, paused, held)
                 return
             if duration <= settings.threshold and own <= settings.site_threshold:
                 return
@@ -407,6 +469,7 @@ class Looker:
             resolution=resolution or probe.resolution,
             functions=self._functions(tag),
             paused=paused,
+            held=held,
             throttled=self._throttled_since(wd) if seen else None,
             startup=not wd.served,
         )
@@ -451,11 +514,10 @@ class Looker:
         samples: Counter[RawStack],
         seen: bool,
         paused: float,
+        held: float,
     ) -> None:
         wd = probe.wd
         wd.span = None
-        if start < wd.stall_reported_at:
-            return  # reported already, from the looks around it (see _unseen_stall)
         observed = Observed(
             start=start,
             end=end,
@@ -466,6 +528,7 @@ class Looker:
             task=wd.task if seen else None,
             request=wd.request if seen else None,
             paused=paused,
+            held=held,
             throttled=self._throttled_since(wd) if seen else None,
         )
         found = assemble.stall(

@@ -52,6 +52,9 @@ class Owner(Protocol):
     def after_look(self) -> None:
         """What is to be done after each look, outside the lock."""
 
+    def held_back(self, began: float, ended: float) -> None:
+        """This thread sat waiting for a CPU in its look, from ``began`` to ``ended``."""
+
 
 class WatchdogThread:
     """The one ``loopwatch-watchdog`` thread of the process."""
@@ -171,6 +174,11 @@ class WatchdogThread:
                 self._ready.set()
             cycle_began = woke
             asleep = time.monotonic()
+            # Made to wait for a CPU while it looked (holding the GIL, mostly), this
+            # thread kept the loops' threads waiting for the GIL meanwhile.
+            held = _queued(clock, own.quick())
+            if held > LATE:
+                owner.held_back(asleep - held, asleep)
             woken = self._wake.wait(interval)
             # First thing on waking: where each thread is. After a C call that held
             # the GIL, that is the line it returned to; anything here that let the
@@ -188,13 +196,19 @@ class WatchdogThread:
             # overloaded): that is how a block is known to hold the GIL.
             late = 0.0 if woken else _less_queued(max(0.0, woke - asleep - interval),
                                                   before, clock)
-            # Held up by another thread holding the GIL, some thread of ours ran
-            # meanwhile. If none did over the whole cycle (the look included: a stop
-            # may come while it runs), the process was stopped or frozen (SIGSTOP,
-            # a cgroup freezer, a paused VM); a C call that waits without letting go
-            # of the GIL looks the same from here.
-            slow = _less_queued(max(0.0, woke - cycle_began - interval), before, clock)
-            paused = slow if slow > LATE and process_cpu - cpu_before < slow / 2 else 0.0
+            # Held up by another thread holding the GIL, that thread ran meanwhile.
+            # Time of the cycle (the look included: a stop may come while it runs)
+            # in which no thread of ours ran at all is time the process was stopped
+            # or frozen (SIGSTOP, a cgroup freezer, a paused VM); a C call that waits
+            # without letting go of the GIL looks the same from here.
+            cycle = woke - cycle_began
+            overdue = max(0.0, cycle - interval)
+            queued = _queued(before, clock)
+            # A stopped thread waits for a CPU only to take the stop and to go on after
+            # it: if that is most of the delay, this thread was starved, not stopped.
+            slow = overdue - queued if queued > overdue / 2 else overdue
+            idle = cycle - (process_cpu - cpu_before)
+            paused = min(slow, idle) if slow > LATE and idle > LATE else 0.0
 
 
 def _less_queued(late: float, before: Clock | None, after: Clock | None) -> float:
@@ -202,3 +216,10 @@ def _less_queued(late: float, before: Clock | None, after: Clock | None) -> floa
     if before is None or after is None or before[1] is None or after[1] is None:
         return late
     return max(0.0, late - (after[1] - before[1]))
+
+
+def _queued(before: Clock | None, after: Clock | None) -> float:
+    """Seconds this thread sat runnable, waiting for a CPU, between two readings."""
+    if before is None or after is None or before[1] is None or after[1] is None:
+        return 0.0
+    return max(0.0, after[1] - before[1])

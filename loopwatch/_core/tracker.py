@@ -111,6 +111,11 @@ class Tracking:
     queued_from: Clock | None = None
     #: the cgroup's throttled seconds then (None: not known)
     throttled_from: float | None = None
+    #: (began, ended) of the latest stretches the process did not run, less what this
+    #: loop's thread spent waiting for a CPU then
+    pauses: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))
+    #: the loop thread's clock at the end of the latest iteration finished
+    ended_at: Reading | None = None
     #: the loop has served a request (blocks before that may be start-up)
     served: bool = False
     #: the end of the latest iteration finished (or stall reported) on this loop

@@ -19,7 +19,8 @@ SCHEMA = 1
 
 def _seen_from(data: dict[str, Any]) -> Seen:
     return Seen(
-        Block.from_dict(data), data.get("phase", "outside"), data.get("fixture"),
+        Block.from_dict(dict(data, phase=data.get("loop_phase", "running"))),
+        data.get("phase", "outside"), data.get("fixture"),
         data.get("fixture_action"), data.get("excuse"),
     )
 

@@ -66,7 +66,9 @@ class Seen(_InWindow):
     """Why it does not count against the test (the marker, an allow-list pattern, the baseline)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return self._placed(self.block.to_dict())
+        data = self.block.to_dict()
+        data["loop_phase"] = data.pop("phase")  # "phase" is the test's here
+        return self._placed(data)
 
 
 @dataclass(frozen=True)
