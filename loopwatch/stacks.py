@@ -34,26 +34,43 @@ def capture(frame: FrameType | None) -> RawStack:
 _OWN = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _DEMO = _OWN + "demo.py"
 
+#: The console-script launcher of ``loopwatch run`` (``.../bin/loopwatch``).
+_LAUNCHER = os.path.join(sysconfig.get_paths().get("scripts", ""), "loopwatch")
+
+#: runpy, through which ``loopwatch run`` (and ``python -m``) start the program.
+_RUNPY = ("<frozen runpy>", os.path.join(sysconfig.get_paths().get("stdlib", ""), "runpy.py"))
+
+
+def _own(filename: str) -> bool:
+    """loopwatch's own frames: its package (but for the demo), its launcher, runpy."""
+    if filename.startswith(_OWN):
+        return filename != _DEMO
+    return filename in _RUNPY or filename == _LAUNCHER
+
 
 def to_frames(raw: RawStack) -> tuple[Frame, ...]:
     """Frames, innermost last, without loopwatch's own.
 
     A sample can land inside loopwatch (its garbage-collection callback runs
     in whatever thread collects), and loopwatch's wrappers sit in the stack
-    (the patched ``run_forever``, ``loopwatch run``, an inline ``offload``):
-    none of that is what the program was doing.
+    (the patched ``run_forever``, ``loopwatch run`` with its console-script
+    launcher and runpy, an inline ``offload``): none of that is what the
+    program was doing.
     """
     return tuple(
         Frame(code.co_filename, line or 0, code.co_name)
         for code, line in raw
-        if not code.co_filename.startswith(_OWN) or code.co_filename == _DEMO
+        if not _own(code.co_filename)
     )
 
 
 def _library_roots() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
+    # "scripts": the installed tools' launchers (bin/uvicorn, bin/loopwatch) are no
+    # more the program's code than the packages they start
     roots = {
-        paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths
+        paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib", "scripts")
+        if key in paths
     }
     roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
     resolved = set()
@@ -105,6 +122,8 @@ class UserCode:
         if absolute.startswith(self._own):
             # loopwatch itself is never the culprit, but its demo plays a user's program
             return os.path.basename(absolute) == "demo.py"
+        if _own(filename):
+            return False
         return not absolute.startswith(self._roots)
 
     def site_index(self, frames: Sequence[Frame]) -> int | None:

@@ -240,3 +240,43 @@ def test_run_and_report_write_the_html_page(tmp_path: Path) -> None:
         page = (tmp_path / name).read_text()
         assert page.startswith("<!DOCTYPE html>") and "app.py:6" in page
         assert "# the blocking line" in page  # its source, read when the page was made
+
+
+LAUNCHED_SCRIPT = """
+import asyncio, time
+
+async def main():
+    asyncio.get_running_loop().call_soon(time.sleep, 0.15)  # a callback with no frame of its own
+    await asyncio.sleep(0.3)
+
+{run}(main())
+"""
+
+
+@pytest.mark.parametrize("runner", ["asyncio.run", "uvloop.run"])
+def test_loopwatchs_own_launcher_and_runpy_are_never_the_program(
+    tmp_path: Path, runner: str
+) -> None:
+    """Under the console script, no block names its launcher, runpy or loopwatch as the program."""
+    launcher = Path(sys.executable).parent / "loopwatch"
+    if not launcher.exists():
+        pytest.skip("loopwatch's console script is not installed beside this Python")
+    if runner == "uvloop.run":
+        pytest.importorskip("uvloop")
+    (tmp_path / "app.py").write_text(textwrap.dedent(
+        LAUNCHED_SCRIPT.format(run=runner)).replace("import asyncio", "import asyncio, uvloop"
+                                                    if runner == "uvloop.run" else "import asyncio"))
+    result = subprocess.run(
+        [str(launcher), "run", "--threshold", "0.05", "--json", "out.json", "app.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report = schemas.read(tmp_path / "out.json")
+    assert report["blocks"], result.stderr
+    for block in report["blocks"]:
+        files = {frame["file"] for stack in block["stacks"] for frame in stack["frames"]}
+        files |= {frame["file"] for frame in block["frames"]}
+        assert str(launcher) not in files, block
+        assert not any("runpy" in name or "/loopwatch/" in name for name in files), files
+        assert block["site"] is None or not block["site"].startswith(str(launcher)), block
+    assert "bin/loopwatch" not in result.stderr
