@@ -590,6 +590,22 @@ class HeartbeatProbe(Probe):
         sent = self._ping_sent
         return sent if sent and now - sent > heartbeat else 0.0
 
+    @staticmethod
+    def callback_root(frame: FrameType | None) -> int | None:
+        """Which callback the loop thread (innermost ``frame``) runs: the id of its outermost
+        frame, just inside the loop's own ``run_forever``; None while in the loop's C code.
+
+        A heartbeat only says the loop has been busy since a ping was sent; the
+        samples say when the callback that blocked began (the loop may have run
+        others before it, since that ping).
+        """
+        inner = None
+        while frame is not None:
+            if frame.f_code in _LOOP_RUNNERS:
+                return None if inner is None else id(inner)
+            inner, frame = frame, frame.f_back
+        return None
+
     def _answered(self, sent: float, now: float) -> None:
         lag = now - sent
         self.iterations += 1  # type: ignore[operator]
@@ -627,6 +643,10 @@ def make_probe(
 
 
 _UNSEEN = object()
+
+#: Code of the frames a loop's callbacks run inside of: the patched ``run_forever``,
+#: and asyncio's Runner.run (a loop already running when the watch began).
+_LOOP_RUNNERS: set[Any] = {asyncio.runners.Runner.run.__code__}
 
 
 class Discovery:
@@ -687,6 +707,7 @@ class Discovery:
                 discovery._ended(loop)
 
         run_forever.__loopwatch__ = True  # type: ignore[attr-defined]
+        _LOOP_RUNNERS.add(run_forever.__code__)
         self._patches.append((cls, "run_forever", cls.__dict__.get("run_forever")))
         cls.run_forever = run_forever  # type: ignore[attr-defined]
 

@@ -33,7 +33,7 @@ from loopwatch._core.thread import LATE
 from loopwatch._core.tracker import WINDOW, Tracking
 from loopwatch._log import log_once, logger
 from loopwatch.model import Frame, FunctionStat, LoopStats, Stall, percentile
-from loopwatch.probe import Probe, SelectorProbe
+from loopwatch.probe import HeartbeatProbe, Probe, SelectorProbe
 from loopwatch.requests import request_of
 from loopwatch.stacks import RawStack, UserCode, capture, to_frames
 from loopwatch.traces import span_of
@@ -249,6 +249,7 @@ class Looker:
             wd.task = wd.coroutine = wd.request = wd.span = None
             wd.queued_from = None
             wd.throttled_from = None
+            wd.root, wd.root_changed, wd.sampled_at, wd.root_reading = None, None, 0.0, None
             wd.wakes = 1 if start else 0
             wd.late_wakes = 1 if start and late > LATE else 0
             # of the wait before this look, only what overlaps the iteration counts
@@ -262,7 +263,7 @@ class Looker:
             wd.share.account(now, now - wd.last.at, bool(start))
             self._note_pause(wd, now, cpu)
             self._unseen_stall(probe, now, cpu, start, settings.threshold)
-        wd.last = Reading(now, cpu)
+        previous, wd.last = wd.last, Reading(now, cpu)
         age = now - start if start else 0.0
         self.saw_busy = self.saw_busy or bool(start)
         # Caught at a random moment, an iteration this old is probably over the
@@ -291,6 +292,15 @@ class Looker:
         if probe.profiler is not None:
             probe.profiler.hold()  # a block being watched is profiled to its end
         wd.samples[stack or capture(frame)] += 1
+        if isinstance(probe, HeartbeatProbe):
+            root = probe.callback_root(frame)
+            if root != wd.root:
+                # (a first sample says nothing of what ran before it)
+                wd.root = root
+                wd.root_changed = (wd.sampled_at, now) if wd.sampled_at else None
+                # the CPU clock as the last callback ran: the new one's reference
+                wd.root_reading = previous if wd.sampled_at else None
+            wd.sampled_at = now
         if wd.task is None:
             loop = probe.loop
             task = _running_task(loop) if loop is not None else None
@@ -418,6 +428,12 @@ class Looker:
             # finished: not to be finished again (by a tick) when the loop moves on
             wd.samples = Counter()
             wd.seen_start = -1.0
+        if seen and wd.root is not None and wd.root_changed is not None:
+            # A heartbeat loop: the block is the callback the samples saw last, from
+            # when it began (between two samples), not every callback since the ping.
+            start = max(start, sum(wd.root_changed) / 2)
+            duration = end - start
+            reference = wd.root_reading or reference
         paused, held = self._not_run_in(wd, start, end)
         if start < wd.stall_reported_at:
             # The stretch up to then was reported as a stall from the looks around it.

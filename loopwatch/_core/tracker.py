@@ -116,6 +116,12 @@ class Tracking:
     pauses: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))
     #: the loop thread's clock at the end of the latest iteration finished
     ended_at: Reading | None = None
+    #: heartbeat loops: the callback the latest sample saw (see HeartbeatProbe.callback_root),
+    #: when that sample was taken, and between which samples the callback last changed
+    root: int | None = None
+    sampled_at: float = 0.0
+    root_changed: tuple[float, float] | None = None
+    root_reading: Reading | None = None
     #: the loop has served a request (blocks before that may be start-up)
     served: bool = False
     #: the end of the latest iteration finished (or stall reported) on this loop
