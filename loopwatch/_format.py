@@ -93,6 +93,21 @@ STALL_CAUSE = {
 }
 
 
+#: The same causes in a few words, for a table cell or a label.
+STALL_CAUSE_SHORT = {
+    "starved": "CPU contention",
+    "throttled": "CPU quota ran out",
+    "paused": "process stopped",
+}
+
+#: What a stall is, in one sentence, for outputs that show stalls beside blocks.
+STALL_MEANING = ("the machine did not run the loop's thread: not your code, "
+                 "and not counted as blocks")
+
+#: What a start-up block is (``Block.phase == "startup"``).
+STARTUP_MEANING = "before the loop served anything: imports, a lifespan's start"
+
+
 def stall_lines(report: Report) -> list[str]:
     """One line per cause of the report's stalls: long iterations that were not the code's."""
     return [

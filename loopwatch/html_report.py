@@ -4,15 +4,19 @@ Like the console renderer, this only formats a :class:`~loopwatch.model.Report`:
 every number comes from the model. The page has
 
 - a summary (blocks over the threshold, time blocked, the busiest loop and
-  whether it was saturated, the threshold, dropped blocks) and the notes;
+  whether it was saturated, the threshold, dropped blocks, stalls) and the notes;
 - per loop (grouped by process when there are several), an inline SVG timeline
   of its busy share and heartbeat lag per second, with its blocks marked at
-  their start and duration; a mark's tooltip names the block and a click jumps
-  to its detail;
-- each block, worst first: duration, waiting or computing (CPU, GIL, GC), task,
-  request, the source lines around its site, the stack and the advice;
+  their start and duration (start-up blocks pale) and its stalls in a lane of
+  their own; a mark's tooltip names the block or stall and a click jumps to it;
+- each block, worst first: duration, waiting, computing or garbage collection
+  (CPU, GIL, GC, the line a collection began at), task, request, the source
+  lines around its site, the stack and the advice;
+- the start-up blocks (before the loop served anything) apart, in their order;
 - the sites table (sorted by clicking its headers), strict mode's blocking
-  calls and profile mode's functions.
+  calls and profile mode's functions;
+- the stalls (iterations the machine did not run the loop's thread in): per
+  cause how many and the longest, then a sortable table of them.
 
 CSS and the few lines of script are inline, and a Content-Security-Policy lets
 the page fetch nothing at all: it can be mailed, attached to a ticket or opened
@@ -41,6 +45,10 @@ from pygments.token import Token  # type: ignore[import-untyped]
 
 from loopwatch._format import (
     KIND_LABEL,
+    STALL_CAUSE,
+    STALL_CAUSE_SHORT,
+    STALL_MEANING,
+    STARTUP_MEANING,
     block_facts,
     block_who,
     duration,
@@ -49,9 +57,19 @@ from loopwatch._format import (
     report_notes,
     short_path,
     short_site,
+    stall_lines,
 )
 from loopwatch._stackview import Folded, callback_start, stack_view
-from loopwatch.model import Block, BlockingCall, Frame, FunctionStat, LoopStats, Report, Stack
+from loopwatch.model import (
+    Block,
+    BlockingCall,
+    Frame,
+    FunctionStat,
+    LoopStats,
+    Report,
+    Stack,
+    Stall,
+)
 from loopwatch.stacks import UserCode
 
 __all__ = ["render_html", "write_html"]
@@ -98,7 +116,15 @@ def _kind_label(kind: str) -> str:
 
 
 def _kind_class(kind: str) -> str:
-    return f"k-{kind}" if kind in ("cpu", "wait", "mixed") else "k-unknown"
+    return f"k-{kind}" if kind in ("cpu", "wait", "mixed", "gc") else "k-unknown"
+
+
+def _cause_class(cause: str) -> str:
+    return f"s-{cause}" if cause in STALL_CAUSE else "s-starved"
+
+
+def _cause_label(cause: str) -> str:
+    return STALL_CAUSE_SHORT.get(cause, cause)
 
 
 # -- the page -------------------------------------------------------------------------
@@ -108,7 +134,8 @@ _CSS = """
 :root {
   --bg: #f4f5f7; --card: #ffffff; --line: #e2e5ea; --text: #1c2430; --muted: #667085;
   --faint: #98a2b3; --accent: #2f6fde; --cpu: #d92d20; --wait: #dc8a03; --mixed: #7f56d9;
-  --unknown: #667085; --ok: #079455; --busy: #8db4f0; --hot: #f79052; --lag: #1d2939;
+  --unknown: #667085; --gc: #1570ef; --stall: #98a2b3; --stall-paused: #475467;
+  --stall-quota: #b692f6; --ok: #079455; --busy: #8db4f0; --hot: #f79052; --lag: #1d2939;
   --code-bg: #f8f9fb; --hit: #fdecea;
   --sans: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
     "Liberation Sans", sans-serif;
@@ -176,6 +203,12 @@ code, pre, .mono { font-family: var(--mono); font-size: 12.5px; }
 .chart text.empty { fill: var(--faint); font-size: 12px; }
 .k-cpu { fill: var(--cpu); } .k-wait { fill: var(--wait); }
 .k-mixed { fill: var(--mixed); } .k-unknown { fill: var(--unknown); }
+.k-gc { fill: var(--gc); }
+.chart .mark.startup { opacity: 0.45; }
+.chart .stall-mark { stroke: #ffffff; stroke-width: 0.5; }
+.chart a:hover .stall-mark, .chart a:focus .stall-mark { stroke: var(--text); stroke-width: 1.5; }
+.s-starved { fill: var(--stall); } .s-throttled { fill: var(--stall-quota); }
+.s-paused { fill: var(--stall-paused); }
 .legend { display: flex; flex-wrap: wrap; gap: 4px 16px; font-size: 12px; color: var(--muted);
   margin-top: 6px; }
 .legend i { display: inline-block; width: 12px; height: 10px; border-radius: 2px;
@@ -184,7 +217,17 @@ code, pre, .mono { font-family: var(--mono); font-size: 12.5px; }
 .sw-busy { background: var(--busy); } .sw-hot { background: var(--hot); }
 .sw-lag { background: var(--lag); } .sw-k-cpu { background: var(--cpu); }
 .sw-k-wait { background: var(--wait); } .sw-k-mixed { background: var(--mixed); }
-.sw-k-unknown { background: var(--unknown); }
+.sw-k-unknown { background: var(--unknown); } .sw-k-gc { background: var(--gc); }
+.sw-startup { background: var(--unknown); opacity: 0.45; }
+.sw-s-starved { background: var(--stall); } .sw-s-throttled { background: var(--stall-quota); }
+.sw-s-paused { background: var(--stall-paused); }
+.stall-lines { margin: 14px 0 0; padding: 10px 14px; border-radius: 8px; background: #f9fafb;
+  border: 1px solid var(--line); color: #344054; list-style: none; }
+.stall-lines li { margin: 2px 0; }
+.stall-lines li::before { content: "stalls: "; color: var(--muted); }
+.explain { color: var(--muted); margin: -4px 0 12px; }
+tr:target { background: #eef4ff; }
+.badge.phase { color: var(--muted); background: #f2f4f7; border-color: var(--line); }
 .block { scroll-margin-top: 16px; }
 .block:target { border-color: var(--accent); box-shadow: 0 0 0 3px rgba(47, 111, 222, 0.18); }
 .block-head { display: flex; flex-wrap: wrap; align-items: baseline; gap: 4px 12px; }
@@ -193,6 +236,7 @@ code, pre, .mono { font-family: var(--mono); font-size: 12.5px; }
 .kind { font-weight: 650; }
 .kind.k-cpu { color: var(--cpu); } .kind.k-wait { color: var(--wait); }
 .kind.k-mixed { color: var(--mixed); } .kind.k-unknown { color: var(--unknown); }
+.kind.k-gc { color: var(--gc); }
 .kind-facts { color: #344054; }
 .who { color: #1570a6; }
 .meta { color: var(--muted); font-size: 12.5px; margin: 2px 0 8px; }
@@ -248,6 +292,7 @@ td .tip { color: #05603a; }
 td.kind-cell.k-cpu { color: var(--cpu); font-weight: 650; }
 td.kind-cell.k-wait { color: var(--wait); font-weight: 650; }
 td.kind-cell.k-mixed { color: var(--mixed); font-weight: 650; }
+td.kind-cell.k-gc { color: var(--gc); font-weight: 650; }
 nav { margin: 18px 0 0; font-size: 13px; color: var(--faint); }
 nav a { margin-right: 2px; }
 footer { margin-top: 40px; color: var(--faint); font-size: 12px; text-align: center; }
@@ -316,6 +361,7 @@ def render_html(report: Report, *, title: str | None = None) -> str:
     """The report as one self-contained HTML page (inline CSS and JS, no network)."""
     heading = title or "loopwatch report"
     numbers = _numbers(report)
+    stall_numbers = _stall_numbers(report)
     is_user = UserCode()
     parts = [
         "<!DOCTYPE html>",
@@ -336,11 +382,13 @@ def render_html(report: Report, *, title: str | None = None) -> str:
         _subtitle(report),
         _summary(report),
         _nav(report),
-        _loops(report, numbers),
+        _loops(report, numbers, stall_numbers),
         _sites(report),
         _calls(report),
         _functions(report.functions),
         _blocks(report, numbers, is_user),
+        _startup(report, numbers, is_user),
+        _stalls(report, stall_numbers),
         f"<footer>loopwatch {_e(_version())} &middot; a self-contained page: "
         "it loads nothing from the network</footer>",
         "</main>",
@@ -364,17 +412,31 @@ def _version() -> str:
 
 
 def _numbers(report: Report) -> dict[int, int]:
-    """Each block's number on the page (1 = the longest), by its index in ``report.blocks``.
+    """Each block's number on the page, by its index in ``report.blocks``.
 
-    Keyed by index, not ``Block.id``: blocks merged from several processes can
-    share an id.
+    The blocks once the loops were running come first, longest first (1 = the
+    longest); start-up blocks follow, in the order they happened. Keyed by index,
+    not ``Block.id``: blocks merged from several processes can share an id.
     """
-    order = sorted(range(len(report.blocks)), key=lambda i: -report.blocks[i].duration)
+    blocks = report.blocks
+    running = sorted((i for i, b in enumerate(blocks) if b.phase != "startup"),
+                     key=lambda i: -blocks[i].duration)
+    startup = [i for i, b in enumerate(blocks) if b.phase == "startup"]
+    return {index: number for number, index in enumerate(running + startup, 1)}
+
+
+def _stall_numbers(report: Report) -> dict[int, int]:
+    """Each stall's row number in the stalls table (in the order they began), by index."""
+    order = sorted(range(len(report.stalls)), key=lambda i: (report.stalls[i].started, i))
     return {index: number for number, index in enumerate(order, 1)}
 
 
 def _anchor(number: int) -> str:
     return f"block-{number}"
+
+
+def _stall_anchor(number: int) -> str:
+    return f"stall-{number}"
 
 
 def _heading(anchor: str, title: str, note: str) -> str:
@@ -384,7 +446,10 @@ def _heading(anchor: str, title: str, note: str) -> str:
 def _nav(report: Report) -> str:
     sections = [("loops", "Loops", report.loops), ("sites", "Sites", report.sites),
                 ("calls", "Blocking calls", report.calls),
-                ("functions", "Functions", report.functions), ("blocks", "Blocks", report.blocks)]
+                ("functions", "Functions", report.functions),
+                ("blocks", "Blocks", report.worst(1)),
+                ("startup", "Start-up", report.startup_blocks),
+                ("stalls", "Stalls", report.stalls)]
     links = [f'<a href="#{anchor}">{name}</a>' for anchor, name, shown in sections if shown]
     return f'<nav>{" · ".join(links)}</nav>' if len(links) > 1 else ""
 
@@ -399,7 +464,8 @@ def _subtitle(report: Report) -> str:
     processes = report.loops_by_process()
     if len(processes) > 1:
         facts.append(f"{len(processes)} processes")
-    starts = [b.started for b in report.blocks] + [p[0] for s in report.loops for p in s.timeline]
+    starts = ([b.started for b in report.blocks] + [s.started for s in report.stalls]
+              + [p[0] for s in report.loops for p in s.timeline])
     if starts:
         facts.append(f"from {_clock(min(starts), 0)}")
     return f'<p class="sub">{_e(" · ".join(facts))}</p>'
@@ -415,9 +481,12 @@ def _stat(label: str, value: str, note: str = "", value_class: str = "") -> str:
 def _summary(report: Report) -> str:
     count = len(report.blocks) + report.dropped_blocks
     threshold = duration(report.threshold)
+    startup = len(report.startup_blocks)
+    stuck = "times a loop was stuck for longer"
+    if startup:
+        stuck += f", {startup} of them at start-up"
     cards = [
-        _stat(f"blocks over {threshold}", _e(count), _e("times a loop was stuck for longer"),
-              "bad" if count else "good"),
+        _stat(f"blocks over {threshold}", _e(count), _e(stuck), "bad" if count else "good"),
         _stat("blocked in total", _e(duration(report.total_blocked)),
               _e("time the loops could not run anything else")),
     ]
@@ -443,10 +512,20 @@ def _summary(report: Report) -> str:
     kept = "every block kept" if not report.dropped_blocks else "older ones (max_blocks)"
     cards.append(_stat("dropped blocks", _e(report.dropped_blocks), _e(kept),
                        "bad" if report.dropped_blocks else ""))
+    if report.stalls:
+        cards.append(_stat("stalls", f'<a href="#stalls">{_e(len(report.stalls))}</a>',
+                           _e(f"long iterations {STALL_MEANING}")))
     out = [f'<section class="cards">{"".join(cards)}</section>']
-    if not count:
+    if not count and report.stalls:
+        out.append(f'<div class="clean">No blocks over {_e(threshold)}: the program never '
+                   "held a loop that long (its stalls were the machine's doing).</div>")
+    elif not count:
         out.append(f'<div class="clean">No blocks over {_e(threshold)}: '
                    "the loops were never stuck for that long.</div>")
+    lines = stall_lines(report)
+    if lines:
+        out.append('<ul class="stall-lines">' + "".join(f"<li>{_e(line)}</li>" for line in lines)
+                   + "</ul>")
     notes = report_notes(report)
     if notes:
         out.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
@@ -456,7 +535,7 @@ def _summary(report: Report) -> str:
 # -- loops and their timelines --------------------------------------------------------------
 
 
-def _loops(report: Report, numbers: dict[int, int]) -> str:
+def _loops(report: Report, numbers: dict[int, int], stall_numbers: dict[int, int]) -> str:
     if not report.loops:
         return ""
     out = [_heading("loops", "Loops", str(len(report.loops)))]
@@ -466,17 +545,20 @@ def _loops(report: Report, numbers: dict[int, int]) -> str:
             out.append(f"<h3>process {_e(pid if pid is not None else '?')}</h3>")
         for stats in loops:
             mine = [(numbers[i], b) for i, b in enumerate(report.blocks) if _of_loop(b, stats)]
-            out.append(_loop(stats, mine))
+            stalls = [(stall_numbers[i], s) for i, s in enumerate(report.stalls)
+                      if _of_loop(s, stats)]
+            out.append(_loop(stats, mine, stalls))
     return "\n".join(out)
 
 
-def _of_loop(block: Block, stats: LoopStats) -> bool:
+def _of_loop(found: Block | Stall, stats: LoopStats) -> bool:
     # loop labels repeat across processes (each worker has its "#1 (MainThread)")
-    same_process = block.pid is None or stats.pid is None or block.pid == stats.pid
-    return block.loop == stats.loop and same_process
+    same_process = found.pid is None or stats.pid is None or found.pid == stats.pid
+    return found.loop == stats.loop and same_process
 
 
-def _loop(stats: LoopStats, blocks: list[tuple[int, Block]]) -> str:
+def _loop(stats: LoopStats, blocks: list[tuple[int, Block]],
+          stalls: list[tuple[int, Stall]]) -> str:
     about = [f"{plural(stats.blocks, 'block')} in {stats.watched:,.1f} s watched"]
     if stats.resolution == "heartbeat":
         about.append("heartbeat resolution")
@@ -493,6 +575,8 @@ def _loop(stats: LoopStats, blocks: list[tuple[int, Block]]) -> str:
                         ("p99", stats.lag_p99), ("max", stats.lag_max)):
         if value is not None:
             facts.append(f"{name} {duration(value)}")
+    if stalls:
+        facts.append(f"{plural(len(stalls), 'stall')} (not run by the machine)")
     saturated = stats.saturated and stats.busy_measured
     fact_html = "".join(
         f'<span class="fact{" bad" if saturated and f.startswith("worst") else ""}">{_e(f)}</span>'
@@ -505,7 +589,7 @@ def _loop(stats: LoopStats, blocks: list[tuple[int, Block]]) -> str:
         out.append(f'<p class="warn">Busier than {stats.SATURATED:.0%} in some second: past '
                    "that, latency climbs fast. Move work off the loop, or spread it over more "
                    "processes.</p>")
-    out.append(_timeline(stats, blocks))
+    out.append(_timeline(stats, blocks, stalls))
     out.append("</div>")
     return "\n".join(out)
 
@@ -519,6 +603,8 @@ _PLOT = _W - _LEFT - _RIGHT
 _CHART_H = 120
 _LANE_GAP = 10
 _LANE_H = 22
+_STALL_GAP = 4
+_STALL_H = 14
 _AXIS_H = 30
 
 #: Data (seconds, shares) to SVG units.
@@ -542,14 +628,18 @@ def _nice_ceiling(value: float) -> float:
     return next(f * scale for f in (1, 2, 5, 10) if f * scale >= value * (1 - 1e-9))
 
 
-def _timeline(stats: LoopStats, blocks: list[tuple[int, Block]]) -> str:
-    """The loop's busy share and lag per second, and its blocks, as an inline SVG.
+def _timeline(stats: LoopStats, blocks: list[tuple[int, Block]],
+              stalls: Sequence[tuple[int, Stall]] = ()) -> str:
+    """The loop's busy share and lag per second, its blocks and its stalls, as an inline SVG.
 
-    The time axis covers the timeline's windows and the loop's blocks: the
+    The time axis covers the timeline's windows, the loop's blocks and stalls: the
     timeline has whole seconds only, and a block can fall in the last, partial one.
+    Stalls get a lane of their own under the blocks' (they are not blocks).
     """
-    starts = [p[0] for p in stats.timeline] + [b.started for _, b in blocks]
-    ends = [p[0] + 1 for p in stats.timeline] + [b.started + b.duration for _, b in blocks]
+    starts = ([p[0] for p in stats.timeline] + [b.started for _, b in blocks]
+              + [s.started for _, s in stalls])
+    ends = ([p[0] + 1 for p in stats.timeline] + [b.started + b.duration for _, b in blocks]
+            + [s.started + s.duration for _, s in stalls])
     if not starts:
         return ('<p class="muted">No blocks, and no per-second timeline in this report '
                 "(written by an older loopwatch, or the loop was watched for under a "
@@ -559,7 +649,8 @@ def _timeline(stats: LoopStats, blocks: list[tuple[int, Block]]) -> str:
     # without a timeline there is nothing to draw above the blocks
     chart_h = _CHART_H if stats.timeline else 0
     lane_y = _TOP + chart_h + (_LANE_GAP if chart_h else 0)
-    axis_y = lane_y + _LANE_H
+    stall_y = lane_y + _LANE_H + _STALL_GAP
+    axis_y = stall_y + _STALL_H if stalls else lane_y + _LANE_H
     height = axis_y + _AXIS_H
 
     def x(t: float) -> float:
@@ -570,14 +661,18 @@ def _timeline(stats: LoopStats, blocks: list[tuple[int, Block]]) -> str:
 
     label = (f"Timeline of {stats.loop}: busy share and lag per second, "
              f"{plural(len(blocks), 'block')} marked")
+    if stalls:
+        label += f", {plural(len(stalls), 'stall')}"
     svg = [f'<div class="chart"><svg viewBox="0 0 {_W} {height}" role="img" '
            f'aria-label="{_e(label)}">']
     svg += _x_axis(span, lane_y, axis_y)
     if stats.timeline:
         svg += _busy_and_lag(stats, x, y, _PLOT / span)
     svg += _marks(blocks, x, span, lane_y)
+    if stalls:
+        svg += _stall_marks(stalls, x, span, stall_y)
     svg.append("</svg></div>")
-    return "\n".join(svg) + _legend(stats, blocks, t0)
+    return "\n".join(svg) + _legend(stats, blocks, t0, stalls)
 
 
 def _marks(
@@ -597,7 +692,7 @@ def _marks(
     for index, (number, block) in enumerate(ordered):
         left = x(block.started)
         width = max(block.duration / span * _PLOT, 3.0)
-        kind = _kind_class(block.kind)
+        kind = _kind_class(block.kind) + (" startup" if block.phase == "startup" else "")
         out.append(
             f'<a href="#{_anchor(number)}"><rect class="mark {kind}" x="{_f(left)}" '
             f'y="{lane_y + 2}" width="{_f(width)}" height="{_LANE_H - 4}" rx="2">'
@@ -613,6 +708,57 @@ def _marks(
                        f'y="{middle}">#{number}</text>')
         out.append("</a>")
     return out
+
+
+def _stall_marks(
+    stalls: Sequence[tuple[int, Stall]], x: _Scale, span: float, stall_y: float
+) -> list[str]:
+    """The stalls: a thin mark each, under the blocks' lane, linking to its row in the table."""
+    out = [
+        f'<rect class="lane" x="{_LEFT}" y="{stall_y}" width="{_PLOT}" height="{_STALL_H}" '
+        'rx="3"/>',
+        f'<text x="{_LEFT - 6}" y="{_f(stall_y + _STALL_H / 2 + 4)}" '
+        'text-anchor="end">stalls</text>',
+    ]
+    for number, stall in sorted(stalls, key=lambda ns: (ns[1].started, ns[0])):
+        width = max(stall.duration / span * _PLOT, 3.0)
+        out.append(
+            f'<a href="#{_stall_anchor(number)}"><rect class="stall-mark '
+            f'{_cause_class(stall.cause)}" x="{_f(x(stall.started))}" y="{stall_y + 2}" '
+            f'width="{_f(width)}" height="{_STALL_H - 4}" rx="2">'
+            f"<title>{_e(_stall_title(stall))}</title></rect></a>"
+        )
+    return out
+
+
+def _stall_title(stall: Stall) -> str:
+    lines = [f"stall: {duration(stall.duration)}, {_cause_label(stall.cause)} "
+             "(not a block: the machine did not run the loop's thread)",
+             _stall_delays(stall), f"at {_clock(stall.started)}"]
+    running = _stall_running(stall)
+    if running:
+        lines.append(f"running {running}")
+    return "\n".join(line for line in lines if line)
+
+
+def _stall_delays(stall: Stall) -> str:
+    """Where a stall's time went: run-queue delay, paused, throttled (the ones it had)."""
+    parts = [f"{name} {duration(value)}" for name, value in
+             (("waiting for a CPU", stall.queued), ("paused", stall.paused),
+              ("throttled", stall.throttled)) if value > 0]
+    return ", ".join(parts)
+
+
+def _stall_running(stall: Stall) -> str:
+    """What the loop was running when it was not run: its line, function, request, task."""
+    parts = []
+    if stall.site:
+        parts.append(f"{_site_name(stall.site)} in {stall.function or '?'}")
+    if stall.request:
+        parts.append(stall.request)
+    if stall.task:
+        parts.append(f"task {stall.task}")
+    return ", ".join(parts)
 
 
 def _x_axis(span: float, lane_y: float, axis_y: float) -> list[str]:
@@ -691,7 +837,8 @@ def _lag_line(stats: LoopStats, x: _Scale, chart_h: float) -> list[str]:
     return out
 
 
-def _legend(stats: LoopStats, blocks: list[tuple[int, Block]], t0: float) -> str:
+def _legend(stats: LoopStats, blocks: list[tuple[int, Block]], t0: float,
+            stalls: Sequence[tuple[int, Stall]] = ()) -> str:
     items = [f"<span>seconds from {_e(_clock(t0, 0))}</span>"]
     if stats.timeline:
         items += [
@@ -703,6 +850,12 @@ def _legend(stats: LoopStats, blocks: list[tuple[int, Block]], t0: float) -> str
     for kind in kinds:
         items.append(f'<span><i class="sw-{_kind_class(kind)}"></i>'
                      f"block: {_e(_kind_label(kind))}</span>")
+    if any(b.phase == "startup" for _, b in blocks):
+        items.append('<span><i class="sw-startup"></i>pale: a start-up block</span>')
+    causes = dict.fromkeys(s.cause for _, s in sorted(stalls, key=lambda ns: ns[0]))
+    for cause in causes:
+        items.append(f'<span><i class="sw-{_cause_class(cause)}"></i>'
+                     f"stall: {_e(_cause_label(cause))}</span>")
     if blocks:
         items.append("<span>hover a block for its summary, click it for its detail</span>")
     if not stats.timeline:
@@ -712,8 +865,16 @@ def _legend(stats: LoopStats, blocks: list[tuple[int, Block]], t0: float) -> str
 
 
 def _mark_title(number: int, block: Block) -> str:
-    where = f"{_site_name(block.site)} in {block.function or '?'}" if block.site else "no stack"
-    lines = [f"#{number}  {duration(block.duration)} {_kind_label(block.kind)}"
+    if block.kind == "gc":
+        where = block.function or "garbage collection"
+        if block.gc_trigger:
+            where += f", triggered at {_site_name(block.gc_trigger)}"
+    elif block.site:
+        where = f"{_site_name(block.site)} in {block.function or '?'}"
+    else:
+        where = "no stack"
+    phase = "start-up block: " if block.phase == "startup" else ""
+    lines = [f"#{number}  {phase}{duration(block.duration)} {_kind_label(block.kind)}"
              + (f" (CPU {percent(block.cpu_ratio)})" if block.cpu_ratio is not None else ""),
              where, f"at {_clock(block.started)}"]
     who = _who(block)
@@ -726,10 +887,25 @@ def _mark_title(number: int, block: Block) -> str:
 
 
 def _blocks(report: Report, numbers: dict[int, int], is_user: UserCode) -> str:
-    if not report.blocks:
+    """The blocks once the loops were running, longest first (start-up's are apart)."""
+    order = [i for i in sorted(numbers, key=lambda index: numbers[index])
+             if report.blocks[i].phase != "startup"]
+    if not order:
         return ""
-    order = sorted(numbers, key=lambda index: numbers[index])
-    out = [_heading("blocks", "Blocks", f"{len(report.blocks)}, longest first")]
+    out = [_heading("blocks", "Blocks", f"{len(order)}, longest first")]
+    out += [_block(numbers[index], report.blocks[index], is_user) for index in order]
+    return "\n".join(out)
+
+
+def _startup(report: Report, numbers: dict[int, int], is_user: UserCode) -> str:
+    """Start-up blocks, in the order they happened: apart, as the console shows them."""
+    order = [i for i in sorted(numbers, key=lambda index: numbers[index])
+             if report.blocks[i].phase == "startup"]
+    if not order:
+        return ""
+    out = [_heading("startup", "Start-up", plural(len(order), "block")),
+           f'<p class="explain">Blocks {_e(STARTUP_MEANING)}. They delay the first '
+           "request, not the ones after it, so they are not among the blocks above.</p>"]
     out += [_block(numbers[index], report.blocks[index], is_user) for index in order]
     return "\n".join(out)
 
@@ -745,6 +921,8 @@ def _block(number: int, block: Block, is_user: UserCode) -> str:
         f'<span class="dur">{_e(duration(block.duration))}</span>',
         f'<span class="kind {_kind_class(block.kind)}">{_e(_kind_label(block.kind))}</span>',
     ]
+    if block.phase == "startup":
+        head.append('<span class="badge phase">start-up</span>')
     if block.resolution == "heartbeat":
         head.append('<span class="muted">± one heartbeat</span>')
     if facts:
@@ -773,6 +951,13 @@ def _block(number: int, block: Block, is_user: UserCode) -> str:
 
 
 def _where(block: Block) -> str:
+    if block.kind == "gc":
+        trigger = (f"; it began at <code>{_e(_site_name(block.gc_trigger))}</code>"
+                   if block.gc_trigger else "")
+        return (f'<p class="where"><strong>{_e(block.function or "garbage collection")}'
+                f"</strong>: {_e(duration(block.gc_time))} of {_e(duration(block.duration))} "
+                "in the garbage collector, which runs at whatever line allocates "
+                f"next{trigger}</p>")
     if block.mostly_gc:
         here = f" (here <code>{_e(_site_name(block.site))}</code>)" if block.site else ""
         return (f'<p class="where"><strong>mostly a GC pause</strong>: '
@@ -793,9 +978,10 @@ def _source(block: Block) -> str:
 
     Shown for a GC pause too (where the console leaves it out): the page says
     above it that the collector runs at whatever line allocates, and the line
-    that allocated is still a lead.
+    that allocated is still a lead. A block of kind ``gc`` shows the line that
+    was running when the collection began (its trigger).
     """
-    frame = block.user_frame
+    frame = _lead_frame(block)
     if frame is None or frame.line <= 0:
         return ""
     first = max(1, frame.line - _CONTEXT)
@@ -814,6 +1000,12 @@ def _source(block: Block) -> str:
         hit = " hit" if number == frame.line else ""
         rows.append(f'<span class="line{hit}"><span class="ln">{number}</span>{code}</span>')
     return f'<pre class="source">{"".join(rows)}</pre>'
+
+
+def _lead_frame(block: Block) -> Frame | None:
+    if block.kind == "gc":
+        return next((f for f in reversed(block.frames) if f.location == block.gc_trigger), None)
+    return block.user_frame
 
 
 def _dedent(lines: list[str]) -> list[str]:
@@ -934,8 +1126,11 @@ def _num(value: float | None, shown: str, css: str = "") -> str:
     return f'<td class="{f"n {css}".strip()}" data-v="{raw:.9g}">{_e(shown)}</td>'
 
 
-def _table(table_id: str, head: Iterable[str], rows: Iterable[str]) -> str:
-    body = "".join(f'<tr data-i="{i}">{row}</tr>' for i, row in enumerate(rows))
+def _table(table_id: str, head: Iterable[str], rows: Iterable[str],
+           row_ids: Sequence[str] = ()) -> str:
+    ids = [f' id="{_e(row_id)}"' for row_id in row_ids]
+    body = "".join(f'<tr data-i="{i}"{ids[i] if ids else ""}>{row}</tr>'
+                   for i, row in enumerate(rows))
     return (f'<div class="card table-card"><table class="sortable" id="{table_id}">'
             f'<thead><tr>{"".join(head)}</tr></thead><tbody>{body}</tbody></table></div>')
 
@@ -1036,3 +1231,53 @@ def _functions(functions: Sequence[FunctionStat]) -> str:
         )
     title = _heading("functions", "Functions", "profile mode, by own time")
     return title + "\n" + _table("functions-table", head, rows)
+
+
+def _stalls(report: Report, numbers: dict[int, int]) -> str:
+    """Stalls: long iterations the machine caused. Per cause, then one row each."""
+    if not report.stalls:
+        return ""
+    causes = [
+        _stat(_cause_label(cause), _e(count), _e(f"longest {duration(longest)}: "
+                                                  f"{STALL_CAUSE.get(cause, cause)}"))
+        for cause, count, longest in report.stalls_by_cause()
+    ]
+    processes = len({s.pid for s in report.stalls}) > 1
+    throttling = any(s.throttled for s in report.stalls)
+    head = [
+        _th("when", "num", numeric=True, sorted_as="ascending"),
+        _th("loop", "text"),
+        _th("duration", "num", numeric=True),
+        _th("cause", "text"),
+        _th("run-queue delay", "num", numeric=True),
+        _th("paused", "num", numeric=True),
+    ]
+    if throttling:
+        head.append(_th("throttled", "num", numeric=True))
+    head.append(_th("the loop was running", "text"))
+    order = sorted(numbers, key=lambda index: numbers[index])
+    rows, ids = [], []
+    for index in order:
+        stall = report.stalls[index]
+        loop = f"pid {stall.pid} {stall.loop}" if processes else stall.loop
+        row = (
+            _num(stall.started, _clock(stall.started)[11:])
+            + f'<td><span class="mono">{_e(loop)}</span></td>'
+            + _num(stall.duration, duration(stall.duration))
+            + f'<td class="cause">{_e(_cause_label(stall.cause))}</td>'
+            + _num(stall.queued, duration(stall.queued))
+            + _num(stall.paused, duration(stall.paused) if stall.paused else "-")
+        )
+        if throttling:
+            row += _num(stall.throttled, duration(stall.throttled) if stall.throttled else "-")
+        row += f'<td class="muted">{_e(_stall_running(stall) or "-")}</td>'
+        rows.append(row)
+        ids.append(_stall_anchor(numbers[index]))
+    title = _heading("stalls", "Stalls", f"{len(report.stalls)}, not counted as blocks")
+    return "\n".join([
+        title,
+        f'<p class="explain">Long iterations that were not the program\'s doing: '
+        f"{_e(STALL_MEANING)}. They are in no block and no site.</p>",
+        f'<section class="cards">{"".join(causes)}</section>',
+        _table("stalls-table", head, rows, ids),
+    ])

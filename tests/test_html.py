@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import doctest
+import gc
 import html
+import importlib
 import inspect
 import json
 import linecache
@@ -12,17 +14,20 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import time
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import loopwatch
 import loopwatch.html_report
-from loopwatch._format import short_site
+from loopwatch._format import short_site, stall_lines
 from loopwatch.html_report import render_html, write_html
 from loopwatch.model import (
     Block,
@@ -34,6 +39,7 @@ from loopwatch.model import (
     Report,
     Site,
     Stack,
+    Stall,
 )
 
 
@@ -219,6 +225,123 @@ def test_write_html_writes_the_rendered_page(report: Report, tmp_path: Path) -> 
     assert out.read_text(encoding="utf-8") == render_html(report)
 
 
+# -- start-up and garbage collection, from a real session ----------------------------------
+
+
+class Node:
+    def __init__(self) -> None:
+        self.peer: Any = self  # a cycle only the collector can free
+
+
+def collecting_step(garbage: list[list[Node]]) -> None:
+    garbage.clear()  # the cycles are left for the collector
+    gc.collect()  # the collecting line
+
+
+_COLLECT_FIRST = inspect.getsourcelines(collecting_step)[1]
+COLLECT_LINES = range(_COLLECT_FIRST + 1, _COLLECT_FIRST + 3)
+
+
+async def starting_service(garbage: list[list[Node]]) -> None:
+    await asyncio.sleep(0)
+    importlib.import_module("loopwatch_slow_start")  # before the loop served anything
+    await asyncio.sleep(0.05)
+    collecting_step(garbage)
+    await asyncio.sleep(0.05)
+    sleeping_step()
+    await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def phases_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Report]:
+    """A real report: a 100 ms import in the running loop (a start-up block), a full
+    collection of a million reference cycles (a gc block), then a 100 ms sleep."""
+    folder = tmp_path_factory.mktemp("startup")
+    (folder / "loopwatch_slow_start.py").write_text(
+        "import time\ntime.sleep(0.1)  # a slow import\n", encoding="utf-8")
+    sys.path.insert(0, str(folder))
+    gc.collect()
+    gc.freeze()  # keep the rest of the heap out of the measured collection
+    # and no automatic collection: the one collection is the line's, not the import's
+    gc.disable()
+    try:
+        garbage = [[Node() for _ in range(1_000_000)]]
+        with loopwatch.watch(threshold=0.05) as session:
+            asyncio.run(starting_service(garbage))
+    finally:
+        gc.enable()
+        gc.unfreeze()
+        sys.path.remove(str(folder))
+        sys.modules.pop("loopwatch_slow_start", None)
+    result = session.report()
+    kinds = sorted((b.phase, b.kind) for b in result.blocks)
+    assert kinds == [("running", "gc"), ("running", "wait"), ("startup", "wait")], result.blocks
+    yield result
+
+
+def _section(page: str, anchor: str) -> str:
+    """The page from the heading with this id to the next heading (or the footer)."""
+    start = page.index(f'<h2 id="{anchor}">')
+    ends = [i for i in (page.find("<h2 ", start + 1), page.find("<footer", start)) if i > 0]
+    return page[start:min(ends)]
+
+
+def test_startup_blocks_have_their_own_section_not_among_the_blocks(
+    phases_report: Report,
+) -> None:
+    """The slow import is a start-up block: in its own section, not among the blocks."""
+    (startup,) = phases_report.startup_blocks
+    assert startup.site is not None and startup.site.endswith("loopwatch_slow_start.py:2")
+    page = render_html(phases_report)
+    blocks = _section(page, "blocks")
+    assert blocks.count('<article class="card block"') == 2
+    assert "loopwatch_slow_start.py" not in blocks
+    assert "2, longest first" in _text(blocks)
+    section = _section(page, "startup")
+    (article,) = re.findall(r'<article class="card block" id="(block-\d+)">(.*?)</article>',
+                            section, flags=re.S)
+    assert article[0] == "block-3"  # numbered after the blocks, which are worst first
+    assert '<span class="badge phase">start-up</span>' in article[1]
+    assert "time.sleep(0.1)  # a slow import" in _text(article[1])
+    assert "before the loop served anything" in _text(section)
+    # pale on the timeline, and counted in the summary
+    (svg,) = _svgs(page)
+    assert re.search(r'<a href="#block-3"><rect class="mark k-wait startup"', svg)
+    assert "pale: a start-up block" in page
+    assert "1 of them at start-up" in _text(page.split('<section class="cards">')[1])
+    assert '<a href="#startup">Start-up</a>' in page
+
+
+def test_a_gc_block_is_garbage_collection_with_the_line_it_began_at(
+    phases_report: Report,
+) -> None:
+    """A block spent collecting is labelled garbage collection, with its trigger line shown."""
+    (block,) = [b for b in phases_report.blocks if b.kind == "gc"]
+    # the line seen last before the collector took the GIL: the collecting line, or the
+    # one before it when no look came between the two
+    assert block.gc_trigger is not None
+    path, _, line = block.gc_trigger.rpartition(":")
+    assert path == __file__ and int(line) in COLLECT_LINES, block.gc_trigger
+    page = render_html(phases_report)
+    articles = dict(re.findall(r'<article class="card block" id="(block-\d+)">(.*?)</article>',
+                               page, flags=re.S))
+    (body,) = [b for b in articles.values() if "k-gc" in b]
+    assert '<span class="kind k-gc">garbage collection</span>' in body
+    text = _text(body)
+    assert block.function == "garbage collection (generation 2)"
+    assert "garbage collection (generation 2): " in text
+    assert f"it began at {short_site(block.gc_trigger)}" in text
+    hit = re.search(r'<span class="line hit"><span class="ln">(\d+)</span>(.*?)</span>', body)
+    assert hit is not None and hit[1] == line
+    assert _text(hit[2]).strip() == linecache.getline(__file__, int(line)).strip()
+    (svg,) = _svgs(page)
+    assert re.search(r'<rect class="mark k-gc"[^>]*><title>[^<]*garbage collection '
+                     r"\(generation 2\), triggered at ", svg)
+    assert "block: garbage collection" in page  # in the legend
+    sites = _section(page, "sites")
+    assert 'class="n kind-cell k-gc"' in sites
+
+
 # -- hand-made reports ---------------------------------------------------------------------
 
 
@@ -270,6 +393,77 @@ def made_report() -> Report:
     sites = (_site("a.py:1", 2, 0.9), _site("b.py:2", 7, 0.5), _site("c.py:3", 4, 0.2))
     return Report(threshold=0.1, blocks=blocks, sites=sites, loops=loops, dropped_blocks=2,
                   events=("worker processes watched: pid 202",))
+
+
+def made_stalls() -> tuple[Stall, ...]:
+    """Four stalls: two of CPU contention and a stop on pid 101's busy loop, a quota on 202's."""
+    loop = "L#1 (MainThread)"
+    return (
+        Stall(loop, 1000.6, 0.152, "starved", queued=0.14, busy=0.012, site=f"{APP}:7",
+              function="handler", task=EVIL, request="GET /<id>", pid=101),
+        Stall(loop, 1002.2, 0.31, "paused", queued=0.0, paused=0.3, busy=0.01, pid=101),
+        Stall(loop, 1001.5, 0.12, "starved", queued=0.11, pid=101),
+        Stall(loop, 1000.9, 0.2, "throttled", queued=0.18, throttled=0.17, pid=202),
+    )
+
+
+def test_stalls_are_counted_per_cause_listed_and_marked_apart_from_blocks() -> None:
+    """Stalls: a summary card and line, per cause how many and the longest, a row each
+    linked from a mark in the loop's stall lane; the blocks and sites are unchanged."""
+    report = replace(made_report(), stalls=made_stalls())
+    page = render_html(report)
+    cards = _text(page.split('<section class="cards">')[1].split("</section>")[0])
+    assert "stalls4" in cards and "blocks over 100 ms6" in cards
+    lines = re.findall(r'<ul class="stall-lines">(.*?)</ul>', page)
+    assert [_text(li) for li in re.findall(r"<li>.*?</li>", lines[0])] == stall_lines(report)
+
+    section = _section(page, "stalls")
+    causes = _text(section.split('<section class="cards">')[1].split("</section>")[0])
+    assert "CPU contention2longest 152 ms: the machine did not run" in causes
+    assert "process stopped1longest 310 ms" in causes
+    assert "CPU quota ran out1longest 200 ms" in causes
+    table = re.search(r'<table class="sortable" id="stalls-table">.*?</table>', section, re.S)
+    assert table is not None
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", table[0])
+    assert headers == ["when", "loop", "duration", "cause", "run-queue delay", "paused",
+                       "throttled", "the loop was running"]
+    rows = re.findall(r'<tr data-i="\d+" id="(stall-\d+)">(.*?)</tr>', table[0])
+    assert [anchor for anchor, _ in rows] == ["stall-1", "stall-2", "stall-3", "stall-4"]
+    assert [_text(row) for _, row in rows] == [
+        f"00:16:40.600 UTCpid 101 L#1 (MainThread)152 msCPU contention140 ms--"
+        f"{APP}:7 in handler, GET /<id>, task {EVIL}",
+        "00:16:40.900 UTCpid 202 L#1 (MainThread)200 msCPU quota ran out180 ms-170 ms-",
+        "00:16:41.500 UTCpid 101 L#1 (MainThread)120 msCPU contention110 ms---",
+        "00:16:42.200 UTCpid 101 L#1 (MainThread)310 msprocess stopped0.0 ms300 ms--",
+    ]
+
+    busy, idle, other = _svgs(page)
+    marks = re.findall(r'<a href="#(stall-\d+)"><rect class="stall-mark s-(\w+)"', busy)
+    assert marks == [("stall-1", "starved"), ("stall-3", "starved"), ("stall-4", "paused")]
+    assert re.findall(r'<a href="#(stall-\d+)"><rect class="stall-mark s-(\w+)"', other) == [
+        ("stall-2", "throttled")]
+    assert "stall-mark" not in idle and ">stalls</text>" not in idle
+    assert busy.count('class="mark ') == 3  # the blocks are marked as before
+    titles = re.findall(r'<rect class="stall-mark[^>]*><title>(.*?)</title>', busy, re.S)
+    assert _text(titles[0]).startswith("stall: 152 ms, CPU contention (not a block")
+    assert "waiting for a CPU 140 ms" in _text(titles[0])
+    assert "stall: process stopped" in page  # in the legend
+    assert "3 stalls (not run by the machine)" in page
+    # nothing of the stalls reaches the blocks or the sites
+    assert _section(page, "blocks").count('<article class="card block"') == 4
+    assert "stall" not in _section(page, "sites")
+    # escaped, and every link lands on the page
+    assert EVIL not in page and "<id>" not in page
+    assert set(re.findall(r'\shref="#([^"]*)"', page)) <= set(re.findall(r'\sid="([^"]+)"', page))
+    assert '<a href="#stalls">Stalls</a>' in page
+
+
+def test_only_stalls_is_no_blocks_but_says_whose_doing_they_were() -> None:
+    """A report with stalls and no blocks is clean for the program, and says so."""
+    page = render_html(Report(threshold=0.1, stalls=made_stalls()[1:2]))
+    assert "No blocks over 100 ms: the program never held a loop that long" in page
+    assert "the process was stopped" in _text(_section(page, "stalls"))
+    assert not _svgs(page)  # no loop, no timeline
 
 
 def test_loops_are_grouped_by_process_with_their_own_blocks() -> None:
