@@ -1,11 +1,14 @@
 """Metrics sinks: what a watch session finds, as Prometheus or OpenTelemetry instruments.
 
-Both sinks export the same three things, so dashboards and alerts can use them:
+Both sinks export the same four things, so dashboards and alerts can use them:
 
 - a histogram of the busy time of slow loop iterations, per loop;
 - the busy share of each loop (a gauge read when metrics are collected, plus
   the heartbeat lag p99), per loop;
-- a count of blocks per site (``file:line``) and kind (cpu, wait, mixed, unknown).
+- a count of blocks per site (``file:line``) and kind (cpu, wait, mixed, gc, unknown);
+- a count of stalls per loop and cause (starved, throttled, paused): long
+  iterations the machine caused, not the program, which are not blocks. An
+  alert on blocks stays quiet when the host is overloaded; this one tells that.
 
 Each needs its library, which is an optional extra: ``pip install
 'loopwatch[prometheus]'`` or ``'loopwatch[otel]'``. Importing this module
@@ -33,7 +36,7 @@ from loopwatch._log import log_once
 from loopwatch.sinks import Sink, WatchedSession
 
 if TYPE_CHECKING:
-    from loopwatch.model import Block, LoopStats
+    from loopwatch.model import Block, LoopStats, Stall
 
 __all__ = ["DEFAULT_BUCKETS", "OTHER", "OpenTelemetrySink", "PrometheusSink"]
 
@@ -66,6 +69,13 @@ _LAG_DOC = (
 _BLOCKS_DOC = (
     "Event-loop blocks (iterations busy longer than the threshold), per site, kind and "
     "route (the request's route template; empty outside a request)."
+)
+
+_STALLS_DOC = (
+    "Stalls: loop iterations longer than the threshold because the machine did not run "
+    "the loop's thread (cause: starved = waiting for a CPU, throttled = the cgroup's CPU "
+    "quota ran out, paused = the process was stopped). Not blocks, and not counted in "
+    "blocks_total."
 )
 
 _PROMETHEUS_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -253,6 +263,10 @@ class _PrometheusSet(_Shared):
                 f"{prefix}blocks", _BLOCKS_DOC, ["site", "kind", "route"], registry=registry
             )
             made.append(self.blocks)
+            self.stalls = client.Counter(
+                f"{prefix}stalls", _STALLS_DOC, ["loop", "cause"], registry=registry
+            )
+            made.append(self.stalls)
             collector = _LoopCollector(self)
             registry.register(collector)
             made.append(collector)
@@ -315,11 +329,15 @@ class PrometheusSink(_SharedSink):
     - ``loopwatch_loop_busy_ratio{loop}``: busy share of the latest complete
       1-second window, read from the session at scrape time.
     - ``loopwatch_loop_lag_p99_seconds{loop}``: heartbeat lag p99, likewise.
-    - ``loopwatch_blocks_total{site,kind}``: blocks per ``file:line`` and kind.
+    - ``loopwatch_blocks_total{site,kind,route}``: blocks per ``file:line``, kind
+      and route.
+    - ``loopwatch_stalls_total{loop,cause}``: stalls (iterations over the
+      threshold because the machine did not run the loop's thread: ``starved``,
+      ``throttled``, ``paused``) per loop and cause. Stalls are not blocks.
 
     The loop gauges cover the loops running now, while the sink's session is
     open: a finished loop's gauges go, and after ``watch()`` ends all of them
-    do, while the histogram and counter keep their totals.
+    do, while the histogram and counters keep their totals.
     The first ``max_loops`` loops and ``max_sites`` sites get their own label
     value, the rest ``"other"``. Sinks given the same registry and namespace
     share one set of metrics (and so must agree on ``buckets`` and the caps),
@@ -393,6 +411,10 @@ class PrometheusSink(_SharedSink):
         route = shared.routes(block.request or "")
         shared.blocks.labels(site=site, kind=block.kind, route=route).inc()
 
+    def stall(self, stall: Stall) -> None:
+        shared = self._set
+        shared.stalls.labels(loop=shared.loops(stall.loop), cause=stall.cause).inc()
+
     def slow_iteration(self, loop: str, duration: float, site: str | None, blocked: bool) -> None:
         shared = self._set
         shared.histogram.labels(loop=shared.loops(loop)).observe(duration)
@@ -422,6 +444,9 @@ class _OtelSet(_Shared):
             )
         self.blocks = meter.create_counter(
             "loopwatch.blocks", unit="{block}", description=_BLOCKS_DOC
+        )
+        self.stalls = meter.create_counter(
+            "loopwatch.stalls", unit="{stall}", description=_STALLS_DOC
         )
         meter.create_observable_gauge(
             "loopwatch.loop.busy_ratio", callbacks=[self._observe_busy], unit="1",
@@ -465,10 +490,13 @@ class OpenTelemetrySink(_SharedSink):
     - ``loopwatch.loop.busy_ratio`` (observable gauge, ``1``, ``loop``): busy
       share of the latest complete 1-second window, read at collection time.
     - ``loopwatch.loop.lag.p99`` (observable gauge, ``s``, ``loop``): heartbeat lag p99.
-    - ``loopwatch.blocks`` (counter, attributes ``site`` and ``kind``).
+    - ``loopwatch.blocks`` (counter, attributes ``site``, ``kind`` and ``route``).
+    - ``loopwatch.stalls`` (counter, attributes ``loop`` and ``cause``): stalls,
+      iterations over the threshold the machine caused (not blocks).
 
     Exported to Prometheus these become ``loopwatch_iteration_busy_seconds``,
-    ``loopwatch_loop_busy_ratio`` and ``loopwatch_blocks_total``, as with
+    ``loopwatch_loop_busy_ratio``, ``loopwatch_blocks_total`` and
+    ``loopwatch_stalls_total``, as with
     :class:`PrometheusSink`. Attribute values are capped the same way
     (``max_loops``, ``max_sites``, then ``"other"``); sinks on the same meter
     provider share one set of instruments.
@@ -532,6 +560,10 @@ class OpenTelemetrySink(_SharedSink):
         site = shared.sites(block.site or UNKNOWN_SITE)
         route = shared.routes(block.request or "")
         shared.blocks.add(1, {"site": site, "kind": block.kind, "route": route})
+
+    def stall(self, stall: Stall) -> None:
+        shared = self._set
+        shared.stalls.add(1, {"loop": shared.loops(stall.loop), "cause": stall.cause})
 
     def slow_iteration(self, loop: str, duration: float, site: str | None, blocked: bool) -> None:
         shared = self._set

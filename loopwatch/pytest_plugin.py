@@ -18,11 +18,13 @@ on a loop's thread reaches the plugin as it is made (in that thread) and goes
 to the window open at that moment. A finding (a block over the test's
 threshold, a blocking call) does not count against its test when the marker
 allows it, a ``loopwatch_allow`` pattern matches a frame of its stack, or it is
-in the baseline.
+in the baseline. A garbage-collection pause (a block of kind ``gc``) lands in
+whichever test happens to be running: it is listed but does not count unless
+asked for (``--loopwatch-count-gc``, or the marker's ``count_gc=True``).
 
 Settings are resolved once, by precedence command line > environment >
 ini file > default, into an immutable :class:`Settings`; the
-``@pytest.mark.loopwatch(threshold=..., allow=..., strict=...)`` marker applies
+``@pytest.mark.loopwatch(threshold=..., allow=..., strict=..., count_gc=...)`` marker applies
 on top, per test.
 
 This module holds the hooks; its parts live in :mod:`loopwatch._pytest`:
@@ -58,6 +60,7 @@ from loopwatch._pytest.render import MAX_SHOWN_BLOCKS, Renderer, group_calls
 from loopwatch._pytest.results import Results
 from loopwatch._pytest.settings import (
     DEFAULT_THRESHOLD,
+    MARKER_SIGNATURE,
     MODES,
     NAMES,
     PytestMode,
@@ -71,10 +74,11 @@ from loopwatch._pytest.settings import (
 )
 from loopwatch._pytest.windows import ItemState, Phase, Seen, SeenCall
 from loopwatch.config import ConfigError
+from loopwatch.model import Block
 
 if TYPE_CHECKING:
     from loopwatch._core.findings import Found
-    from loopwatch.model import Block, BlockingCall
+    from loopwatch.model import BlockingCall
     from loopwatch.session import Session
 
 __all__ = [
@@ -116,16 +120,28 @@ HELP_UPDATE_BASELINE = (
     "Write this run's findings to the baseline file (--loopwatch-baseline) and pass. "
     "Switches loopwatch on."
 )
+HELP_COUNT_GC = (
+    "Count garbage-collection pauses against the test they land in: by default a block "
+    "spent mostly in the garbage collector is listed but does not fail or warn its test."
+)
 HELP_ALLOW = (
     "Where blocking is accepted: lines of module.function or path/glob.py:function "
     "patterns; a finding whose stack has a matching frame does not count."
 )
 
 MARKER_DOC = (
-    "loopwatch(threshold=None, allow=False, strict=None): loopwatch settings for this test: "
+    f"{MARKER_SIGNATURE}: loopwatch settings for this test: "
     "threshold overrides --loopwatch-threshold (seconds; lower or higher); "
     "allow=True records the test's findings without failing or warning; "
-    "strict=True/False turns strict mode on or off for it."
+    "strict=True/False turns strict mode on or off for it; "
+    "count_gc=True/False counts its garbage-collection pauses against it or not."
+)
+
+#: Why a garbage-collection pause does not count against the test it landed in.
+GC_EXCUSE = "a garbage-collection pause (not counted: --loopwatch-count-gc counts them)"
+GC_NOTE = (
+    "garbage-collection pauses are listed but not counted against their tests "
+    "(--loopwatch-count-gc counts them)"
 )
 
 T = TypeVar("T")
@@ -184,6 +200,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--loopwatch-update-baseline", action="store_true", default=False,
         dest="loopwatch_update_baseline", help=HELP_UPDATE_BASELINE,
     )
+    group.addoption(
+        "--loopwatch-count-gc", action="store_true", default=None, dest="loopwatch_count_gc",
+        help=HELP_COUNT_GC,
+    )
     # Strings, parsed here, so that a bad value is reported with its source.
     parser.addini("loopwatch", HELP_ENABLE + " (true/false)", default="")
     parser.addini("loopwatch_threshold", HELP_THRESHOLD, default="")
@@ -191,6 +211,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("loopwatch_json", HELP_JSON, default="")
     parser.addini("loopwatch_strict", HELP_STRICT + " (true/false)", default="")
     parser.addini("loopwatch_baseline", HELP_BASELINE, default="")
+    parser.addini("loopwatch_count_gc", HELP_COUNT_GC + " (true/false)", default="")
     parser.addini("loopwatch_allow", HELP_ALLOW, type="linelist", default=[])
 
 
@@ -203,6 +224,7 @@ def _settings_from(config: pytest.Config) -> Settings:
         "strict": config.getoption("loopwatch_strict"),
         "baseline": config.getoption("loopwatch_baseline"),
         "update_baseline": config.getoption("loopwatch_update_baseline"),
+        "count_gc": config.getoption("loopwatch_count_gc"),
     }
     ini = {name: config.getini(key) for name, (_, _, key) in NAMES.items()}
     ini["allow"] = config.getini("loopwatch_allow")
@@ -274,6 +296,8 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     ]
     if settings.strict:
         parts.append(f"strict ({settings.source('strict')})")
+    if settings.count_gc:
+        parts.append(f"count-gc ({settings.source('count_gc')})")
     if settings.baseline:
         action = "updating " if settings.update_baseline else ""
         parts.append(f"{action}baseline={settings.baseline}")
@@ -450,6 +474,11 @@ class LoopwatchPlugin:
         or is only excused by the baseline, is one of the run's (for the baseline)."""
         if rules.allow:
             return "allowed by @pytest.mark.loopwatch(allow=True)"
+        if isinstance(finding, Block) and finding.kind == "gc" and not rules.count_gc:
+            # Not the test's doing: the collector ran in whatever test was running.
+            if GC_NOTE not in self._results.events:
+                self._results.events.append(GC_NOTE)
+            return GC_EXCUSE
         pattern = self._allow.allows(finding.frames, self._root)
         if pattern is not None:
             return f"allowed by loopwatch_allow {pattern!r}"
@@ -468,9 +497,10 @@ class LoopwatchPlugin:
         error = None
         settings = self.settings
         try:
-            rules = rules_for(item, settings.threshold, settings.strict)
+            rules = rules_for(item, settings.threshold, settings.strict, settings.count_gc)
         except ConfigError as bad:
-            rules, error = TestRules(settings.threshold, True, settings.strict), str(bad)
+            rules = TestRules(settings.threshold, True, settings.strict, settings.count_gc)
+            error = str(bad)
         state = self._current = ItemState(item.nodeid, rules)
         state.mark()
         lower_threshold = rules.threshold < settings.threshold
@@ -804,7 +834,7 @@ def loopwatch(request: pytest.FixtureRequest) -> Generator[LoopwatchBlocks, None
         pytest.fail(problem, pytrace=False)
     settings = config.stash.get(_settings_key, None) or Settings()
     try:
-        rules = rules_for(request.node, settings.threshold, settings.strict)
+        rules = rules_for(request.node, settings.threshold, settings.strict, settings.count_gc)
     except ConfigError as error:
         pytest.fail(str(error), pytrace=False)
     from loopwatch.session import Session

@@ -411,14 +411,14 @@ class Watchdog:
         now: float,
         late: float = 0.0,
         frames: dict[int, FrameType] | None = None,
-        paused: float = 0.0,
+        paused: tuple[float, float] = (0.0, 0.0),
         flush: bool = False,
     ) -> float:
         """Look at every loop (called by the thread with the lock held); the next interval.
 
         ``late``: how much later than asked the thread woke; ``frames``: every
         thread's frames, taken the moment it woke; ``paused``: how much of
-        ``late`` the whole process did not run; ``flush``: only finish what
+        ``late`` the whole process did not run (surely, at most); ``flush``: only finish what
         has ended (a report is being read).
         """
         settings = self._settings
@@ -431,8 +431,8 @@ class Watchdog:
         # a line after the call that was running when this thread woke.
         captured = {} if flush else self._looker.capture_busy(self._loops.probes, frames)
         # Not a GIL held by a loop thread: nothing of ours ran at all.
-        self._looker.paused(paused)
-        late -= paused
+        self._looker.paused(*paused)
+        late -= paused[0]
         if not flush and now - self._last_scan > _SCAN_EVERY:
             self._scan()
         if late > settings.threshold and not flush:

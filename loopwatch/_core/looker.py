@@ -97,7 +97,7 @@ class Looker:
         self._on_cut = on_cut
         self._on_stall = on_stall
         #: how long the process did not run before the look in progress (see paused())
-        self._pending_pause = 0.0
+        self._pending_pause = (0.0, 0.0)
         #: (began, ended) of the latest stretches the watchdog held the GIL, not run
         self._held: deque[tuple[float, float]] = deque(maxlen=256)
         self._throttling = Throttling()
@@ -180,11 +180,11 @@ class Looker:
             pid=os.getpid(),
         ), now)
 
-    def paused(self, seconds: float) -> None:
-        """The whole process did not run for ``seconds`` before this look (the watchdog woke
-        late and no thread of ours used the CPU meanwhile): for each loop, the part its own
-        thread did not spend waiting for a CPU (a thread holding the GIL may have)."""
-        self._pending_pause = seconds
+    def paused(self, surely: float, at_most: float) -> None:
+        """The whole process did not run for ``surely`` seconds before this look, and for at
+        most ``at_most`` (the watchdog woke late and no thread of ours used the CPU; it
+        was itself waiting for a CPU for the difference, which a stop also makes it do)."""
+        self._pending_pause = (surely, at_most)
 
     def held_back(self, began: float, ended: float) -> None:
         """This watchdog, holding the GIL, sat waiting for a CPU from ``began`` to ``ended``:
@@ -192,14 +192,21 @@ class Looker:
         self._held.append((began, ended))
 
     def _note_pause(self, wd: Tracking, now: float, cpu: Clock | None) -> None:
-        pause = self._pending_pause
-        if not pause or wd.last is None:
+        surely, at_most = self._pending_pause
+        if not at_most or wd.last is None:
             return
+        before = wd.last.cpu
+        window = now - wd.last.at
+        queued = _queued_between(before, cpu)
+        ran = cpu[0] - before[0] if cpu is not None and before is not None else 0.0
+        # A loop thread that computed whenever it was not in the gap would have
+        # computed in it too: it was stopped. One that slept may have slept through
+        # it (the watchdog then merely waited for a CPU): only the sure part counts.
+        rest = window - at_most - queued
+        pause = at_most if rest <= 0 or ran >= rest / 2 else surely
         # A stopped thread neither runs nor waits for a CPU: whatever this loop's thread
         # spent doing either since the last look was not part of the pause.
-        before = wd.last.cpu
-        ran = cpu[0] - before[0] if cpu is not None and before is not None else 0.0
-        own = min(pause, now - wd.last.at - _queued_between(before, cpu) - ran)
+        own = min(pause, window - queued - ran)
         if own > LATE:
             wd.pauses.append((now - own, now))
 

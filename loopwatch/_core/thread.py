@@ -40,13 +40,17 @@ class Owner(Protocol):
         """Whether the last look found a loop inside an iteration."""
 
     def look(
-        self, now: float, late: float, frames: dict[int, FrameType] | None, paused: float
+        self,
+        now: float,
+        late: float,
+        frames: dict[int, FrameType] | None,
+        paused: tuple[float, float],
     ) -> float:
         """Look at the loops (the lock is held); seconds until the next look.
 
         ``late``: how much later than asked the thread woke, less the time it sat
         waiting for a CPU; ``paused``: how much of that the whole process did not
-        run at all (stopped, frozen), as far as the thread can tell.
+        run at all (stopped, frozen), as far as the thread can tell: (surely, at most).
         """
 
     def after_look(self) -> None:
@@ -149,7 +153,8 @@ class WatchdogThread:
 
     def _loop_forever(self, own: ThreadClock) -> None:
         owner = self._owner
-        late = paused = 0.0
+        late = 0.0
+        paused = (0.0, 0.0)
         frames: dict[int, FrameType] | None = None
         woke = time.monotonic()
         # Where this thread's cycle (look, then sleep) began: its run-queue time and
@@ -205,10 +210,13 @@ class WatchdogThread:
             overdue = max(0.0, cycle - interval)
             queued = _queued(before, clock)
             # A stopped thread waits for a CPU only to take the stop and to go on after
-            # it: if that is most of the delay, this thread was starved, not stopped.
+            # it: if that is most of the delay, this thread may have been starved
+            # instead, while the program slept (at most / surely paused).
             slow = overdue - queued if queued > overdue / 2 else overdue
             idle = cycle - (process_cpu - cpu_before)
-            paused = min(slow, idle) if slow > LATE and idle > LATE else 0.0
+            surely = min(slow, idle) if slow > LATE and idle > LATE else 0.0
+            at_most = min(overdue, idle) if overdue > LATE and idle > LATE else 0.0
+            paused = (surely, at_most)
 
 
 def _less_queued(late: float, before: Clock | None, after: Clock | None) -> float:

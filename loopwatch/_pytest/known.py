@@ -3,7 +3,10 @@
 A finding is a block over the threshold or, in strict mode, a blocking call.
 Both are named by a :class:`Key`: the kind, the file and function of the line
 of the program's code that blocked, and for a call what was called. No line
-number: an edit elsewhere in the file does not make a known finding new.
+number: an edit elsewhere in the file does not make a known finding new. A
+garbage-collection pause, when counted (``--loopwatch-count-gc``), is named by
+``<garbage collection>`` and the generation collected; uncounted, it is never
+one of the run's findings.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from loopwatch._format import short_path
 from loopwatch.config import ConfigError
-from loopwatch.model import Block, BlockingCall, Frame
+from loopwatch.model import GC_SITE, Block, BlockingCall, Frame
 
 #: The version of the baseline file's format ("loopwatch_baseline" in it).
 BASELINE_VERSION = 1
@@ -59,6 +62,9 @@ class Key:
 
 def key_of(finding: Block | BlockingCall, root: str) -> Key:
     site = finding.site
+    if site == GC_SITE:
+        # A collection has no line of its own (the line it interrupted is chance).
+        return Key("block", GC_SITE, finding.function or "garbage collection")
     file = site.rpartition(":")[0] if site else ""
     where = short_path(file, root).replace(os.sep, "/") if file else "<unknown>"
     function = finding.function or "?"

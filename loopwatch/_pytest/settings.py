@@ -39,6 +39,8 @@ class Settings:
     """A file of known findings: only others fail."""
     update_baseline: bool = False
     """Write the run's findings to ``baseline`` instead of judging them."""
+    count_gc: bool = False
+    """Garbage-collection pauses (blocks of kind ``gc``) count against their test."""
     allow: tuple[str, ...] = ()
     """ini ``loopwatch_allow``: where blocking is accepted (see :class:`AllowList`)."""
     sources: tuple[tuple[str, str], ...] = ()
@@ -58,6 +60,7 @@ NAMES: dict[str, tuple[str, str, str]] = {
     "json_path": ("--loopwatch-json", "LOOPWATCH_PYTEST_JSON", "loopwatch_json"),
     "strict": ("--loopwatch-strict", "LOOPWATCH_PYTEST_STRICT", "loopwatch_strict"),
     "baseline": ("--loopwatch-baseline", "LOOPWATCH_PYTEST_BASELINE", "loopwatch_baseline"),
+    "count_gc": ("--loopwatch-count-gc", "LOOPWATCH_PYTEST_COUNT_GC", "loopwatch_count_gc"),
 }
 
 #: Command-line switches that mean "watch" on their own (nobody asks for strict mode,
@@ -70,7 +73,7 @@ def parse_threshold(raw: Any, source: str) -> float:
 
 
 def _parse(name: str, raw: Any, source: str) -> Any:
-    if name in ("enabled", "strict"):
+    if name in ("enabled", "strict", "count_gc"):
         return parse_bool(raw, name, source, SettingsError)
     if name == "threshold":
         return parse_threshold(raw, source)
@@ -92,7 +95,7 @@ def resolve_settings(
     """Resolve the settings by precedence: command line > environment > ini > default.
 
     ``cli`` and ``ini`` are keyed by setting name (``enabled``, ``threshold``,
-    ``mode``, ``json_path``, ``strict``, ``baseline``; the command line also
+    ``mode``, ``json_path``, ``strict``, ``baseline``, ``count_gc``; the command line also
     ``update_baseline``, the ini file also ``allow``, a list of patterns);
     ``None`` or ``""`` means not set. ``env`` is the process environment.
     ``--loopwatch-strict`` and ``--loopwatch-update-baseline`` switch the
@@ -153,39 +156,52 @@ class TestRules:
     threshold: float
     allow: bool
     strict: bool = False
+    count_gc: bool = False
+    """Its garbage-collection pauses count against it."""
+
+
+MARKER_SIGNATURE = "loopwatch(threshold=None, allow=False, strict=None, count_gc=None)"
 
 
 def _marker_signature(
-    threshold: float | None = None, allow: bool = False, strict: bool | None = None
+    threshold: float | None = None,
+    allow: bool = False,
+    strict: bool | None = None,
+    count_gc: bool | None = None,
 ) -> None:
-    """The marker's signature: @pytest.mark.loopwatch(threshold=None, allow=False, strict=None)."""
+    """The marker's signature (:data:`MARKER_SIGNATURE`)."""
 
 
-def rules_for(item: pytest.Item, default: float, strict: bool = False) -> TestRules:
+def rules_for(
+    item: pytest.Item, default: float, strict: bool = False, count_gc: bool = False
+) -> TestRules:
     """The marker's settings for this test over the run's; SettingsError for a bad marker."""
     marker = item.get_closest_marker("loopwatch")
     if marker is None:
-        return TestRules(default, False, strict)
+        return TestRules(default, False, strict, count_gc)
     source = f"@pytest.mark.loopwatch on {item.nodeid}"
     try:
         bound = inspect.signature(_marker_signature).bind(*marker.args, **marker.kwargs)
     except TypeError as error:
         raise SettingsError(
             "marker", f"{marker.args or ''}{marker.kwargs or ''}", source,
-            f"{error}; expected loopwatch(threshold=None, allow=False, strict=None)",
+            f"{error}; expected {MARKER_SIGNATURE}",
         )
     threshold = bound.arguments.get("threshold")
     allow = bound.arguments.get("allow", False)
     marked_strict = bound.arguments.get("strict")
-    for name, value in (("allow", allow), ("strict", marked_strict)):
-        if not isinstance(value, bool) and not (name == "strict" and value is None):
+    marked_count_gc = bound.arguments.get("count_gc")
+    for name, value in (("allow", allow), ("strict", marked_strict),
+                        ("count_gc", marked_count_gc)):
+        if not isinstance(value, bool) and not (name != "allow" and value is None):
             raise SettingsError(name, value, source, "expected True or False")
     strict = strict if marked_strict is None else marked_strict
+    count_gc = count_gc if marked_count_gc is None else marked_count_gc
     if threshold is None:
-        return TestRules(default, allow, strict)
+        return TestRules(default, allow, strict, count_gc)
     if isinstance(threshold, str):
         raise SettingsError("threshold", threshold, source, "expected a number of seconds > 0")
-    return TestRules(parse_threshold(threshold, source), allow, strict)
+    return TestRules(parse_threshold(threshold, source), allow, strict, count_gc)
 
 
 def core_config(threshold: float, *, max_blocks: int = 1, strict: bool = False) -> Config:

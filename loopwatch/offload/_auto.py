@@ -219,25 +219,35 @@ def timed_steps(policy: Policy, coro: Coroutine[Any, Any, Any]) -> Generator[Any
     value: Any = None
     error: BaseException | None = None
     clock, cpu_clock = time.perf_counter, time.thread_time
+    steps = 0
     while True:
+        # As for a plain function: time spent waiting for a CPU is not waiting, read
+        # (a few microseconds) for the first steps and after a slow one.
+        queued = _run_queue_wait() if steps < 3 or policy.last_wall > 0.001 else None
+        steps += 1
         began, cpu = clock(), cpu_clock()
         try:
             yielded = send(value) if error is None else coro.throw(error)
         except StopIteration as done:
-            _step_ran(policy, clock() - began, cpu_clock() - cpu)
+            _step_ran(policy, clock() - began, cpu_clock() - cpu, queued)
             return done.value
         except BaseException:
-            _step_ran(policy, clock() - began, cpu_clock() - cpu)
+            _step_ran(policy, clock() - began, cpu_clock() - cpu, queued)
             raise
-        _step_ran(policy, clock() - began, cpu_clock() - cpu)
+        _step_ran(policy, clock() - began, cpu_clock() - cpu, queued)
         try:
             value, error = (yield yielded), None
         except BaseException as thrown:  # cancellation and the like, into the coroutine
             value, error = None, thrown
 
 
-def _step_ran(policy: Policy, elapsed: float, cpu: float) -> None:
+def _step_ran(policy: Policy, elapsed: float, cpu: float, queued: float | None) -> None:
     if policy.target is None:
+        if queued is not None:
+            now = _run_queue_wait()
+            if now is not None:
+                elapsed = max(cpu, elapsed - (now - queued))
+        policy.last_wall = elapsed
         policy.ran(elapsed, min(1.0, cpu / elapsed) if elapsed > 0 else None, "in that step")
 
 
