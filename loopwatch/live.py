@@ -1,7 +1,8 @@
 """A live view of a watch, redrawn in the terminal while the program runs.
 
 It shows each loop's busy share over the last seconds (and its latest second),
-its lag and blocks per minute, the latest blocks and the worst sites. Like the
+its lag and blocks per minute, the latest blocks (start-up blocks are only
+counted), the stalls (how many per cause, and the latest) and the worst sites. Like the
 console report it only formats: every number comes from the
 :class:`~loopwatch.model.Report` that ``source`` returns, a running session's
 ``report`` or the latest report a watched process wrote.
@@ -39,7 +40,14 @@ from rich.segment import Segment, SegmentLines
 from rich.text import Text
 
 from loopwatch._core.forking import join_for_fork
-from loopwatch._format import duration, percent, short_site
+from loopwatch._format import (
+    STALL_CAUSE_SHORT,
+    STARTUP_MEANING,
+    duration,
+    percent,
+    plural,
+    short_site,
+)
 from loopwatch._log import forget_owner, log_once
 from loopwatch.model import Block, LoopStats, Report
 
@@ -67,7 +75,8 @@ _MINUTE = 60.0
 #: hangs must not hang the program's exit.
 _JOIN_TIMEOUT = 1.0
 
-_KIND_STYLE = {"cpu": "bold red", "wait": "bold yellow", "mixed": "bold magenta"}
+_KIND_STYLE = {"cpu": "bold red", "wait": "bold yellow", "mixed": "bold magenta",
+               "gc": "bold blue"}
 _INDENT = 2
 
 
@@ -169,6 +178,9 @@ def _header(report: Report | None, elapsed: float, note: str | None) -> Text:
             text.append_text(dot)
             text.append(f"{calls:,} blocking call{'s' if calls != 1 else ''} (strict)",
                         style="bold yellow")
+        if report.stalls:
+            text.append_text(dot)
+            text.append(plural(len(report.stalls), "stall"), style="yellow")
     if note:
         text.append_text(dot)
         text.append(note, style="yellow")
@@ -328,15 +340,27 @@ def _blocks_table(
 
 def _sites_table(report: Report, width: int | None) -> list[Text]:
     rows = []
+    startup = _startup_sites(report) if report.sites else set()
     for site in report.sites[:WORST_SITES]:
         cell = Text(short_site(site.site), style="bold")
         if site.function:
             cell.append(f" in {site.function}")
+        if site.site in startup:
+            cell.append(" (start-up)", style="dim")
         rows.append([Text(f"{site.count:,}"), Text(duration(site.total)),
                      Text(duration(site.max)), cell])
     columns = [_Column("count", True), _Column("total", True), _Column("max", True),
                _Column("site", give="start")]
     return _grid(columns, rows, width)
+
+
+def _startup_sites(report: Report) -> set[str]:
+    """Sites whose kept blocks were all start-up blocks (one pass over the kept blocks)."""
+    startup: set[str] = set()
+    running: set[str] = set()
+    for block in report.blocks:
+        (startup if block.phase == "startup" else running).add(block.site or "<unknown>")
+    return startup - running
 
 
 def _calls(report: Report) -> list[Text]:
@@ -347,6 +371,28 @@ def _calls(report: Report) -> list[Text]:
         line.append(f"  at {short_site(site)} in {function or '?'}")
         lines.append(line)
     return lines
+
+
+def _stalls(report: Report, now: float) -> list[Text]:
+    """Stalls per cause (how many, the longest), then the latest one: when, how long, where."""
+    line = Text(" " * _INDENT, no_wrap=True, overflow="ellipsis")
+    for index, (cause, count, longest) in enumerate(report.stalls_by_cause()):
+        if index:
+            line.append(" · ", style="dim")
+        line.append(f"{count:,} x {STALL_CAUSE_SHORT.get(cause, cause)}", style="bold")
+        line.append(f", longest {duration(longest)}")
+    latest = max(report.stalls, key=lambda stall: stall.started)
+    last = Text(" " * _INDENT, no_wrap=True, overflow="ellipsis")
+    last.append(f"latest {_ago(now - latest.started)}: ", style="dim")
+    last.append(duration(latest.duration), style="bold")
+    last.append(f" {STALL_CAUSE_SHORT.get(latest.cause, latest.cause)}")
+    if latest.site:
+        last.append(f" at {short_site(latest.site)} in {latest.function or '?'}")
+    if len(report.loops) > 1:
+        processes = len({stats.pid for stats in report.loops}) > 1
+        loop = f"pid {latest.pid} {latest.loop}" if processes else latest.loop
+        last.append(f"  {loop}", style="dim")
+    return [line, last]
 
 
 def _section(title: str, extra: str, lines: list[Text]) -> list[RenderableType]:
@@ -381,9 +427,19 @@ def render_frame(
         more = len(report.loops) - MAX_LOOPS
         parts += _section("Loops", f"  ({MAX_LOOPS} of {len(report.loops)})" if more > 0
                           else "", _loops_table(report, when, width))
-    latest = heapq.nlargest(LATEST_BLOCKS, report.blocks, key=lambda block: block.started)
+    # start-up blocks (imports, a lifespan's start) are counted, not listed: they are over
+    running = (block for block in report.blocks if block.phase != "startup")
+    latest = heapq.nlargest(LATEST_BLOCKS, running, key=lambda block: block.started)
     if latest:
         parts += _section("Latest blocks", "", _blocks_table(report, latest, when, width))
+    startup = len(report.startup_blocks)
+    if startup:
+        parts += _section("Start-up", "", [Text(
+            f"{' ' * _INDENT}{plural(startup, 'block')} {STARTUP_MEANING}", no_wrap=True,
+            overflow="ellipsis")])
+    if report.stalls:
+        parts += _section("Stalls", "  (not run by the machine: not your code, not blocks)",
+                          _stalls(report, when))
     if report.sites:
         more = len(report.sites) - WORST_SITES
         parts += _section("Worst sites", f"  ({WORST_SITES} of {len(report.sites)})"

@@ -4,6 +4,7 @@ nothing for the program, and the view in a real terminal (tmux)."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import io
 import logging
@@ -24,7 +25,7 @@ from rich.console import Console
 import loopwatch
 from loopwatch._format import duration, short_path
 from loopwatch.live import LiveView, live_available, render_frame, sparkline
-from loopwatch.model import Block, BlockingCall, LoopStats, Report, Site
+from loopwatch.model import Block, BlockingCall, LoopStats, Report, Site, Stall
 
 BARS = "▁▂▃▄▅▆▇█"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -297,6 +298,63 @@ def test_header_counts_dropped_blocks() -> None:
         "loopwatch live · 0:01 · waiting for the first report · Ctrl-C to stop")
     assert frame_text(Report(threshold=0.05))[0] == (
         "loopwatch live · 0:00 · no blocks over 50.0 ms · Ctrl-C to stop")
+
+
+def test_stalls_are_counted_per_cause_with_the_latest_apart_from_blocks() -> None:
+    """Stalls: a count in the header, per cause how many and the longest, the latest one;
+    no block row, and nothing wraps at 80 columns."""
+    stalls = (
+        Stall(LOOP, NOW - 20, 0.152, "starved", queued=0.14, pid=100),
+        Stall(LOOP, NOW - 2, 0.31, "paused", queued=0.0, paused=0.3, site="/srv/app/a.py:10",
+              function="handler", pid=100),
+        Stall(LOOP, NOW - 9, 0.12, "starved", queued=0.11, pid=100),
+    )
+    report = Report(threshold=0.1, loops=(stats([0.1, 0.2], NOW - 1.5),), stalls=stalls)
+    console = terminal(width=80)
+    console.print(render_frame(report, now=NOW, width=80))
+    lines = [line.rstrip() for line in console.export_text().splitlines()]
+    assert lines[0] == "loopwatch live · 0:00 · no blocks over 100 ms · 3 stalls · Ctrl-C to stop"
+    start = lines.index("Stalls  (not run by the machine: not your code, not blocks)")
+    assert lines[start + 1:start + 3] == [
+        "  2 x CPU contention, longest 152 ms · 1 x process stopped, longest 310 ms",
+        "  latest 2 s ago: 310 ms process stopped at /srv/app/a.py:10 in handler",
+    ]
+    assert "Latest blocks" not in lines
+    assert all(len(line) <= 80 for line in lines), lines
+
+
+async def starting_service() -> None:
+    await asyncio.sleep(0)
+    importlib.import_module("loopwatch_slow_live_start")  # before the loop served anything
+    await asyncio.sleep(0.05)
+    blocking_step()
+    await asyncio.sleep(0.05)
+
+
+def test_start_up_blocks_are_counted_not_listed(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow import in the running loop is a start-up block: counted apart, not among the
+    latest blocks, which show the block after it; its line is a worst site, said to be
+    start-up's."""
+    (tmp_path / "loopwatch_slow_live_start.py").write_text(
+        "import time\ntime.sleep(0.1)  # a slow import\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "loopwatch_slow_live_start", raising=False)
+    with loopwatch.watch(threshold=0.05) as session:
+        asyncio.run(starting_service())
+    report = session.report()
+    assert [b.phase for b in report.blocks] == ["startup", "running"], report.blocks
+    lines = frame_text(report)
+    rows = lines[lines.index("Latest blocks") + 2:lines.index("Start-up")]
+    assert [row for row in rows if row] and all(SITE in row for row in rows if row), rows
+    assert not any("loopwatch_slow_live_start" in row for row in rows)
+    sites = lines[lines.index("Worst sites") + 2:]
+    (startup_site,) = [row for row in sites if "loopwatch_slow_live_start" in row]
+    assert startup_site.endswith("loopwatch_slow_live_start.py:2 in <module> (start-up)")
+    assert not [row for row in sites if SITE in row and "(start-up)" in row]
+    assert lines[lines.index("Start-up") + 1] == (
+        "  1 block before the loop served anything: imports, a lifespan's start")
+    assert lines[0].startswith("loopwatch live · 0:00 · 2 blocks over 50.0 ms")
 
 
 # -- off a terminal -----------------------------------------------------------------
