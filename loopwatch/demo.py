@@ -90,6 +90,15 @@ def _payload(seconds: float) -> str:
     return "[" + ",".join([sample[1:-1]] * copies) + "]"
 
 
+def _run_queue_time() -> float:
+    """Seconds this thread has sat runnable, waiting for a CPU (Linux; 0.0 elsewhere)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def unsynced_backlog(path: str, seconds: float) -> None:
     """Write to ``path`` what an ``fsync`` on it takes about ``seconds`` to flush to the disk.
 
@@ -101,9 +110,14 @@ def unsynced_backlog(path: str, seconds: float) -> None:
         for _ in range(16):
             out.write(chunk)
         out.flush()
+        queued = _run_queue_time()
         start = time.perf_counter()
         os.fsync(out.fileno())
-        per_megabyte = max((time.perf_counter() - start) / 16, 1e-5)
+        took = time.perf_counter() - start
+        # On a busy machine part of that was waiting for a CPU after each write to the
+        # disk: sized by it, the backlog would flush too quickly once the machine is quiet.
+        took -= _run_queue_time() - queued
+        per_megabyte = max(took / 16, 1e-5)
     os.unlink(path + ".probe")
     with open(path, "wb") as out:
         for _ in range(min(1024, max(16, round(seconds / per_megabyte)))):

@@ -188,12 +188,13 @@ class Looker:
 
     def held_back(self, began: float, ended: float) -> None:
         """This watchdog, holding the GIL, sat waiting for a CPU from ``began`` to ``ended``:
-        meanwhile loop threads waited for the GIL, through no fault of their own."""
+        meanwhile loop threads that wanted the GIL waited for it, through no fault of
+        their own (the next look decides, per loop, whether its thread wanted it)."""
         self._held.append((began, ended))
 
     def _note_pause(self, wd: Tracking, now: float, cpu: Clock | None) -> None:
         surely, at_most = self._pending_pause
-        if not at_most or wd.last is None:
+        if wd.last is None or not (at_most or (self._held and self._held[-1][1] > wd.last.at)):
             return
         before = wd.last.cpu
         window = now - wd.last.at
@@ -202,17 +203,25 @@ class Looker:
         # A loop thread that computed whenever it was not in the gap would have
         # computed in it too: it was stopped. One that slept may have slept through
         # it (the watchdog then merely waited for a CPU): only the sure part counts.
-        rest = window - at_most - queued
-        pause = at_most if rest <= 0 or ran >= rest / 2 else surely
+        held = _overlap(self._held, wd.last.at, now)
+        rest = window - at_most - queued - held
+        computing = rest <= 0 or ran >= rest / 2
+        pause = at_most if computing else surely
         # A stopped thread neither runs nor waits for a CPU: whatever this loop's thread
         # spent doing either since the last look was not part of the pause.
         own = min(pause, window - queued - ran)
         if own > LATE:
             wd.pauses.append((now - own, now))
+        if computing:
+            # It wanted the GIL while this watchdog held it, waiting for a CPU; a thread
+            # that slept (time.sleep, I/O) lost nothing then.
+            for began, ended in self._held:
+                if ended > wd.last.at and began < now:
+                    wd.held.append((max(began, wd.last.at), min(ended, now)))
 
     def _not_run_in(self, wd: Tracking, start: float, end: float) -> tuple[float, float]:
         """(paused, held back) seconds between start and end: see paused() and held_back()."""
-        return _overlap(wd.pauses, start, end), _overlap(self._held, start, end)
+        return _overlap(wd.pauses, start, end), _overlap(wd.held, start, end)
 
     def track(
         self,
@@ -452,7 +461,11 @@ class Looker:
             own = duration - self._not_run(
                 reference, cpu_end, wd.queued_from if seen else None, paused + held, duration
             )
-            if duration > settings.threshold and own <= settings.threshold:
+            # Not one look while it ran, and mostly not run: the watchdog was kept off
+            # the CPU with it, so the rest is the machine's too, as far as can be told
+            # (a block that merely holds the GIL computes: it is not mostly not run).
+            unseen = not samples and not dumps and own < duration / 2
+            if duration > settings.threshold and (own <= settings.threshold or unseen):
                 self._stall(probe, start, end, cpu_end, reference, samples, seen, paused, held)
                 return
             if duration <= settings.threshold and own <= settings.site_threshold:

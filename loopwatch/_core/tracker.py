@@ -114,6 +114,9 @@ class Tracking:
     #: (began, ended) of the latest stretches the process did not run, less what this
     #: loop's thread spent waiting for a CPU then
     pauses: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))
+    #: (began, ended) of the latest stretches the watchdog held the GIL while waiting for a
+    #: CPU, when this loop's thread was computing (so it wanted the GIL)
+    held: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))
     #: the loop thread's clock at the end of the latest iteration finished
     ended_at: Reading | None = None
     #: heartbeat loops: the callback the latest sample saw (see HeartbeatProbe.callback_root),
