@@ -263,9 +263,9 @@ def test_loopwatchs_own_launcher_and_runpy_are_never_the_program(
         pytest.skip("loopwatch's console script is not installed beside this Python")
     if runner == "uvloop.run":
         pytest.importorskip("uvloop")
-    (tmp_path / "app.py").write_text(textwrap.dedent(
-        LAUNCHED_SCRIPT.format(run=runner)).replace("import asyncio", "import asyncio, uvloop"
-                                                    if runner == "uvloop.run" else "import asyncio"))
+    imports = "import asyncio, uvloop" if runner == "uvloop.run" else "import asyncio"
+    (tmp_path / "app.py").write_text(
+        textwrap.dedent(LAUNCHED_SCRIPT.format(run=runner)).replace("import asyncio", imports))
     result = subprocess.run(
         [str(launcher), "run", "--threshold", "0.05", "--json", "out.json", "app.py"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
