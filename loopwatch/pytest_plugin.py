@@ -139,6 +139,9 @@ MARKER_DOC = (
 
 #: Why a garbage-collection pause does not count against the test it landed in.
 GC_EXCUSE = "a garbage-collection pause (not counted: --loopwatch-count-gc counts them)"
+GC_EXCUSE_MARKED = (
+    "a garbage-collection pause (not counted: @pytest.mark.loopwatch(count_gc=False))"
+)
 GC_NOTE = (
     "garbage-collection pauses are listed but not counted against their tests "
     "(--loopwatch-count-gc counts them)"
@@ -476,6 +479,8 @@ class LoopwatchPlugin:
             return "allowed by @pytest.mark.loopwatch(allow=True)"
         if isinstance(finding, Block) and finding.kind == "gc" and not rules.count_gc:
             # Not the test's doing: the collector ran in whatever test was running.
+            if self.settings.count_gc:
+                return GC_EXCUSE_MARKED
             if GC_NOTE not in self._results.events:
                 self._results.events.append(GC_NOTE)
             return GC_EXCUSE

@@ -345,7 +345,7 @@ def test_options_and_marker_are_documented(pytester: pytest.Pytester) -> None:
         helped.stdout.fnmatch_lines([f"  {key}*"])
     markers = run(pytester, "--markers")
     markers.stdout.fnmatch_lines(
-        ["@pytest.mark.loopwatch(threshold=None, allow=False, strict=None):*"]
+        ["@pytest.mark.loopwatch(threshold=None, allow=False, strict=None, count_gc=None):*"]
     )
 
 
