@@ -357,6 +357,7 @@ class Session:
         with self._lock:
             self._stalls.append(stall)
         for sink in self.config.sinks:
+            # (a sink object that is not a Sink subclass may lack the method)
             stalled = getattr(sink, "stall", None)
             if stalled is not None and DISPATCHER.first_time(sink, stall):
                 self._deliver(f"sink {type(sink).__name__}.stall", stalled, stall)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from loopwatch.model import Block, LoopStats, Report
+    from loopwatch.model import Block, LoopStats, Report, Stall
 
 
 class WatchedSession(Protocol):
@@ -58,6 +58,10 @@ class Sink:
         Blocks come here too (``blocked=True``). Shorter iterations are not
         timed one by one in the default mode: that is what keeps watching free.
         """
+
+    def stall(self, stall: Stall) -> None:
+        """An iteration over the threshold that the machine caused, not the program (the
+        loop's thread was not run: see :class:`~loopwatch.model.Stall`). Never a block."""
 
     def close(self) -> None:
         """The session stopped; no more calls follow for it."""
