@@ -162,9 +162,9 @@ class Looker:
         if last is None or wd.finished_to > last.at or (start and start <= last.at):
             return  # an iteration over that stretch was, or will be, finished and judged
         queued = _queued_between(last.cpu, cpu)
-        paused, held = self._not_run_in(wd, last.at, now)
         # An iteration in progress is judged when it ends: only what came before it here.
         upto = start or now
+        paused, held = self._not_run_in(wd, last.at, upto)
         lost = min(upto - last.at, queued + paused + held)
         ran = cpu[0] - last.cpu[0] if cpu is not None and last.cpu is not None else 0.0
         if lost <= threshold or ran > threshold:
@@ -192,7 +192,14 @@ class Looker:
         their own (the next look decides, per loop, whether its thread wanted it)."""
         self._held.append((began, ended))
 
-    def _note_pause(self, wd: Tracking, now: float, cpu: Clock | None) -> None:
+    def _note_pause(
+        self,
+        wd: Tracking,
+        now: float,
+        cpu: Clock | None,
+        ends: Iterable[float] = (),
+        start: float = 0.0,
+    ) -> None:
         surely, at_most = self._pending_pause
         if wd.last is None or not (at_most or (self._held and self._held[-1][1] > wd.last.at)):
             return
@@ -211,13 +218,18 @@ class Looker:
         # spent doing either since the last look was not part of the pause.
         own = min(pause, window - queued - ran)
         if own > LATE:
-            wd.pauses.append((now - own, now))
+            # It ended before the loop's thread next ended an iteration (a stopped
+            # thread ends none); the watchdog itself may have looked a while after.
+            until = min((end for end in ends if wd.last.at + own <= end <= now), default=now)
+            if start and now - start < own:
+                until = min(until, start)  # the iteration in progress began after it
+            wd.pauses.append((until - own, until))
         if computing:
             # It wanted the GIL while this watchdog held it, waiting for a CPU; a thread
             # that slept (time.sleep, I/O) lost nothing then.
-            for began, ended in self._held:
-                if ended > wd.last.at and began < now:
-                    wd.held.append((max(began, wd.last.at), min(ended, now)))
+            for began, stopped in self._held:
+                if stopped > wd.last.at and began < now:
+                    wd.held.append((max(began, wd.last.at), min(stopped, now)))
 
     def _not_run_in(self, wd: Tracking, start: float, end: float) -> tuple[float, float]:
         """(paused, held back) seconds between start and end: see paused() and held_back()."""
@@ -250,10 +262,13 @@ class Looker:
         start = probe.busy_since(None if flush else frame, now, settings.heartbeat)
         if start == wd.done:
             start = 0.0  # a stale look at an iteration already finished
-        self.finish_ended(probe, settings)
         # An idle look's reading is the reference for a block that starts after
         # it, with run-queue time: an iteration the machine did not run is a stall.
         cpu = probe.cpu_quick()
+        if not flush:
+            # before the iterations that ended are finished: one may span the pause
+            self._note_pause(wd, now, cpu, [ended[1] for ended in probe.ended], start)
+        self.finish_ended(probe, settings)
         if start != wd.seen_start:
             if wd.seen_start and wd.samples:
                 # It ended but its end was not stamped (the loop stopped in a
@@ -277,7 +292,6 @@ class Looker:
             wd.late_time += late
         if not flush and wd.last is not None:
             wd.share.account(now, now - wd.last.at, bool(start))
-            self._note_pause(wd, now, cpu)
             self._unseen_stall(probe, now, cpu, start, settings.threshold)
         previous, wd.last = wd.last, Reading(now, cpu)
         age = now - start if start else 0.0
