@@ -76,7 +76,8 @@ def test_block_shows_the_source_with_the_blocking_line_highlighted(report: Repor
 
 def test_block_header_names_kind_cpu_and_task(report: Report) -> None:
     """The header gives duration, waiting vs computing with the CPU share, and the task."""
-    text = render(report, color=False)
+    # wide enough for the header on one line, "not run by the machine" (a busy one) and all
+    text = render(report, color=False, width=200)
     header = next(line for line in lines_of(text) if line.startswith("#1"))
     assert re.match(r"#1\s+\d+\.\d ms\s+waiting \(CPU \d+%", header), header
     assert "task Task-" in header and "service()" in header
