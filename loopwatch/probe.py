@@ -545,7 +545,9 @@ def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[.
         _probe: SelectorProbe = probe,
         _select: Callable[..., Any] = select,
         _clock: Callable[[], float] = time.monotonic,
-        _cpu: Callable[[], Clock | None] = probe.cpu_time,
+        # keeps the GIL: the watchdog must not look between marking the iteration over
+        # and recording it (it would finish it alone, without the callback's name)
+        _cpu: Callable[[], Clock | None] = probe.cpu_quick,
     ) -> Any:
         start = _probe.iter_start
         if start:
@@ -556,8 +558,6 @@ def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[.
                 _probe.iterations += 1  # type: ignore[operator]
                 _probe.iter_start = 0.0
                 if busy > _probe.slow_threshold:
-                    # After marking the iteration over: reading the CPU clock may let the
-                    # watchdog in, and it must not sample this bookkeeping as the block.
                     _probe.ended.append(
                         (start, now, _cpu(), None, _probe.slowest_callback(), _probe.tag)
                     )

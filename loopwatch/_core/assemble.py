@@ -197,16 +197,24 @@ def choose_site(
     if not weighted:
         return (), None
     votes: Counter[Frame] = Counter()
+    #: of those votes, samples that caught a call in progress below the user's line: on a
+    #: tie they win over a line the loop only reached after a call returned
+    calling: Counter[Frame] = Counter()
     innermost: Counter[Frame] = Counter()
     for frames, count in weighted.items():
         index = user_code.site_index(frames)
         if index is not None:
             votes[frames[index]] += count
+            if index < len(frames) - 1:
+                calling[frames[index]] += count
         elif frames:
             innermost[frames[-1]] += count
     if not votes and not (fallback and innermost):
         return (), None
-    site_frame = (votes or innermost).most_common(1)[0][0]
+    if votes:
+        site_frame = max(votes, key=lambda frame: (votes[frame], calling[frame]))
+    else:
+        site_frame = innermost.most_common(1)[0][0]
     best = max((item for item in weighted.items() if site_frame in item[0]), key=lambda i: i[1])
     return best[0], site_frame
 

@@ -482,8 +482,9 @@ class Looker:
             if duration > settings.threshold and (own <= settings.threshold or unseen):
                 self._stall(probe, start, end, cpu_end, reference, samples, seen, paused, held)
                 return
-            if duration <= settings.threshold and own <= settings.site_threshold:
-                return
+            if duration <= settings.threshold and own < duration / 2:
+                return  # a cut mostly made of time not run (one just over the site
+                # threshold by its wake-up on a busy machine stays one)
         if (
             duration > settings.site_threshold
             and self._gc.time_in(probe.thread_id, start, end) < duration / 2
