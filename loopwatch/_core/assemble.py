@@ -117,6 +117,17 @@ class Observed:
         return min(self.duration, (self.queued or 0.0) + self.paused + self.held)
 
 
+def queued_between(before: Clock | None, after: Clock | None) -> float:
+    """Run-queue seconds of a thread between two readings of its clock (0.0: not known).
+
+    >>> queued_between((1.0, 0.5), (1.2, 0.75))
+    0.25
+    """
+    if before is None or after is None or before[1] is None or after[1] is None:
+        return 0.0
+    return max(0.0, after[1] - before[1])
+
+
 def queued_time(
     before: Reading | None, cpu_end: Clock | None, queued_from: Clock | None = None
 ) -> float | None:

@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 from loopwatch._core import assemble
-from loopwatch._core.assemble import Clock, Cut, Observed, Reading
+from loopwatch._core.assemble import Clock, Cut, Observed, Reading, queued_between
 from loopwatch._core.findings import Found
 from loopwatch._core.gctimer import GcTimer
 from loopwatch._core.quota import Throttling
@@ -54,13 +54,6 @@ def _frames_of(samples: Counter[RawStack]) -> Counter[tuple[Frame, ...]]:
     for raw, count in samples.items():
         stacks[to_frames(raw)] += count
     return stacks
-
-
-def _queued_between(before: Clock | None, after: Clock | None) -> float:
-    """Run-queue seconds between two readings of a thread's clock (0.0 when not known)."""
-    if before is None or after is None or before[1] is None or after[1] is None:
-        return 0.0
-    return max(0.0, after[1] - before[1])
 
 
 def _overlap(spans: Iterable[tuple[float, float]], start: float, end: float) -> float:
@@ -161,7 +154,7 @@ class Looker:
         last = wd.last
         if last is None or wd.finished_to > last.at or (start and start <= last.at):
             return  # an iteration over that stretch was, or will be, finished and judged
-        queued = _queued_between(last.cpu, cpu)
+        queued = queued_between(last.cpu, cpu)
         # An iteration in progress is judged when it ends: only what came before it here.
         upto = start or now
         paused, held = self._not_run_in(wd, last.at, upto)
@@ -205,7 +198,7 @@ class Looker:
             return
         before = wd.last.cpu
         window = now - wd.last.at
-        queued = _queued_between(before, cpu)
+        queued = queued_between(before, cpu)
         ran = cpu[0] - before[0] if cpu is not None and before is not None else 0.0
         # A loop thread that computed whenever it was not in the gap would have
         # computed in it too: it was stopped. One that slept may have slept through

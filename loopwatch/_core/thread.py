@@ -15,7 +15,7 @@ import time
 from types import FrameType
 from typing import Protocol
 
-from loopwatch._core.assemble import Clock
+from loopwatch._core.assemble import queued_between
 from loopwatch._core.forking import FORK_WAIT, join_for_fork
 from loopwatch._core.wakeup import Wakeup
 from loopwatch._log import log_once
@@ -181,7 +181,7 @@ class WatchdogThread:
             asleep = time.monotonic()
             # Made to wait for a CPU while it looked (holding the GIL, mostly), this
             # thread kept the loops' threads waiting for the GIL meanwhile.
-            held = _queued(clock, own.quick())
+            held = queued_between(clock, own.quick())
             if held > LATE:
                 owner.held_back(asleep - held, asleep)
             woken = self._wake.wait(interval)
@@ -199,8 +199,8 @@ class WatchdogThread:
             cpu_before, process_cpu = process_cpu, time.process_time()
             # Waking late means another thread held the GIL (or the machine is
             # overloaded): that is how a block is known to hold the GIL.
-            late = 0.0 if woken else _less_queued(max(0.0, woke - asleep - interval),
-                                                  before, clock)
+            late = 0.0 if woken else max(
+                0.0, woke - asleep - interval - queued_between(before, clock))
             # Held up by another thread holding the GIL, that thread ran meanwhile.
             # Time of the cycle (the look included: a stop may come while it runs)
             # in which no thread of ours ran at all is time the process was stopped
@@ -208,7 +208,7 @@ class WatchdogThread:
             # without letting go of the GIL looks the same from here.
             cycle = woke - cycle_began
             overdue = max(0.0, cycle - interval)
-            queued = _queued(before, clock)
+            queued = queued_between(before, clock)
             # A stopped thread waits for a CPU only to take the stop and to go on after
             # it: if that is most of the delay, this thread may have been starved
             # instead, while the program slept (at most / surely paused).
@@ -217,17 +217,3 @@ class WatchdogThread:
             surely = min(slow, idle) if slow > LATE and idle > LATE else 0.0
             at_most = min(overdue, idle) if overdue > LATE and idle > LATE else 0.0
             paused = (surely, at_most)
-
-
-def _less_queued(late: float, before: Clock | None, after: Clock | None) -> float:
-    """``late`` without the time this thread sat runnable, waiting for a CPU (where known)."""
-    if before is None or after is None or before[1] is None or after[1] is None:
-        return late
-    return max(0.0, late - (after[1] - before[1]))
-
-
-def _queued(before: Clock | None, after: Clock | None) -> float:
-    """Seconds this thread sat runnable, waiting for a CPU, between two readings."""
-    if before is None or after is None or before[1] is None or after[1] is None:
-        return 0.0
-    return max(0.0, after[1] - before[1])
