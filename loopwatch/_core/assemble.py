@@ -77,6 +77,8 @@ class Observed:
     stacks: Mapping[tuple[Frame, ...], int] = field(default_factory=dict)
     #: faulthandler dumps during the iteration: (stack, weight in samples)
     dumps: Sequence[tuple[tuple[Frame, ...], int]] = ()
+    #: stacks owed weight for the time the watchdog then waited for the GIL, in samples
+    credits: Mapping[tuple[Frame, ...], int] = field(default_factory=dict)
     task: str | None = None
     coroutine: str | None = None
     request: str | None = None
@@ -194,6 +196,7 @@ def weigh(observed: Observed) -> Counter[tuple[Frame, ...]]:
     weighted: Counter[tuple[Frame, ...]] = Counter(observed.stacks)
     for frames, weight in observed.dumps:
         weighted[frames] += weight
+    weighted.update(observed.credits)
     return weighted
 
 

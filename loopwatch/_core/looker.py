@@ -274,6 +274,7 @@ class Looker:
             wd.queued_from = None
             wd.throttled_from = None
             wd.root, wd.root_changed, wd.sampled_at, wd.root_reading = None, None, 0.0, None
+            wd.last_sample, wd.credits = None, {}
             wd.wakes = 1 if start else 0
             wd.late_wakes = 1 if start and late > LATE else 0
             # of the wait before this look, only what overlaps the iteration counts
@@ -314,7 +315,15 @@ class Looker:
             wd.throttled_from = self._throttling.seconds()
         if probe.profiler is not None:
             probe.profiler.hold()  # a block being watched is profiled to its end
-        wd.samples[stack or capture(frame)] += 1
+        raw = stack or capture(frame)
+        if late > 2 * settings.sample_interval and wd.last_sample is not None:
+            # The watchdog waited for the GIL: the loop's thread held it all along,
+            # where it was last seen (a C call in progress then); this sample only
+            # shows where it let go, after the call returned.
+            weight = round(late / settings.sample_interval)
+            wd.credits[wd.last_sample] = wd.credits.get(wd.last_sample, 0) + weight
+        wd.samples[raw] += 1
+        wd.last_sample = raw
         if isinstance(probe, HeartbeatProbe):
             root = probe.callback_root(frame)
             if root != wd.root:
@@ -500,6 +509,7 @@ class Looker:
             queued_from=wd.queued_from if seen else None,
             stacks=_frames_of(samples),
             dumps=dumps,
+            credits=_frames_of(Counter(wd.credits)) if seen else {},
             task=wd.task if seen else None,
             coroutine=wd.coroutine if seen else None,
             request=wd.request if seen else None,

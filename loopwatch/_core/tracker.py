@@ -94,6 +94,10 @@ class Tracking:
     #: the task's OpenTelemetry span, held until the block is handed on
     span: Any = None
     dumps: list[tuple[float, tuple[Frame, ...], int]] = field(default_factory=list)
+    #: the latest sample of the iteration, and what it is owed: how long the watchdog
+    #: then waited for the GIL, in samples (the loop's thread was still where it was)
+    last_sample: RawStack | None = None
+    credits: dict[RawStack, int] = field(default_factory=dict)
     blocks: int = 0
     done: float = -1.0
     #: the watchdog's wake-ups while it tracked this iteration, and how many were late:
