@@ -101,6 +101,8 @@ class Looker:
         self.profiler: Any = None
         #: whether a look since the watchdog last reset it found a loop inside an iteration
         self.saw_busy = False
+        #: True while ended iterations are being finished (see finish_ended)
+        self.finishing = False
 
     def idle_look(
         self, probe: Probe, frame: FrameType | None, now: float, threshold: float
@@ -347,9 +349,17 @@ class Looker:
 
     def finish_ended(self, probe: Probe, settings: Settings) -> None:
         """Finish the iterations the loop thread recorded as ended."""
-        while probe.ended:
-            began, ended, clock, resolution, callback, tag = probe.ended.popleft()
-            self._finish(probe, began, ended, clock, settings, resolution, callback, tag)
+        if not probe.ended:
+            return
+        # Set before the first is taken off the list: a reader flushing from another
+        # thread then knows a block is on its way and waits for the look to hand it on.
+        self.finishing = True
+        try:
+            while probe.ended:
+                began, ended, clock, resolution, callback, tag = probe.ended.popleft()
+                self._finish(probe, began, ended, clock, settings, resolution, callback, tag)
+        finally:
+            self.finishing = False
 
     def _cut_prone(self, probe: Probe, wd: Tracking, now: float) -> None:
         """The loop keeps having iterations over the site threshold ("a thousand cuts").
