@@ -265,9 +265,12 @@ class Looker:
             self._note_pause(wd, now, cpu, [ended[1] for ended in probe.ended], start)
         self.finish_ended(probe, settings)
         if start != wd.seen_start:
-            if wd.seen_start and wd.samples:
+            timed = isinstance(probe, SelectorProbe) and probe.exact
+            if wd.seen_start and wd.samples and not timed:
                 # It ended but its end was not stamped (the loop stopped in a
                 # way we could not see): its length is known to within a tick.
+                # (Timed on every iteration, a loop records every slow one: one
+                # that is not recorded was short, whenever the watchdog comes back.)
                 self._finish(probe, wd.seen_start, now, cpu, settings, resolution="tick")
             wd.before = wd.last
             wd.seen_start = start
