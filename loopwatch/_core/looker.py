@@ -130,9 +130,11 @@ class Looker:
         # With its run-queue time (a couple of microseconds more): the reference
         # for a block that starts next, which may turn out to be a stall.
         cpu = probe.cpu_quick()
-        self._note_pause(wd, now, cpu)
-        self._unseen_stall(probe, now, cpu, 0.0, threshold)
-        wd.last = Reading(now, cpu)
+        # when the clock was read: the look may have waited for the GIL since it began
+        read_at = time.monotonic()
+        self._note_pause(wd, read_at, cpu)
+        self._unseen_stall(probe, read_at, cpu, 0.0, threshold)
+        wd.last = Reading(read_at, cpu)
         return True
 
     @staticmethod
@@ -260,9 +262,11 @@ class Looker:
         # An idle look's reading is the reference for a block that starts after
         # it, with run-queue time: an iteration the machine did not run is a stall.
         cpu = probe.cpu_quick()
+        # when the clock was read: the look may have waited for the GIL since it began
+        read_at = time.monotonic()
         if not flush:
             # before the iterations that ended are finished: one may span the pause
-            self._note_pause(wd, now, cpu, [ended[1] for ended in probe.ended], start)
+            self._note_pause(wd, read_at, cpu, [ended[1] for ended in probe.ended], start)
         self.finish_ended(probe, settings)
         if start != wd.seen_start:
             timed = isinstance(probe, SelectorProbe) and probe.exact
@@ -291,8 +295,8 @@ class Looker:
             wd.late_time += late
         if not flush and wd.last is not None:
             wd.share.account(now, now - wd.last.at, bool(start))
-            self._unseen_stall(probe, now, cpu, start, settings.threshold)
-        previous, wd.last = wd.last, Reading(now, cpu)
+            self._unseen_stall(probe, read_at, cpu, start, settings.threshold)
+        previous, wd.last = wd.last, Reading(read_at, cpu)
         age = now - start if start else 0.0
         self.saw_busy = self.saw_busy or bool(start)
         # Caught at a random moment, an iteration this old is probably over the
