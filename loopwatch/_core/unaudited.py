@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copyreg
 import functools
+import inspect
 import os
 import pkgutil
 import socket
@@ -205,6 +206,11 @@ def _lock_class(
         "__module__": make.__module__, "__qualname__": make.__qualname__,
         "__doc__": make.__doc__,
     }
+    try:
+        # as the original says it (3.13 looks at a class's own __init__ before __wrapped__)
+        namespace["__signature__"] = inspect.signature(make)
+    except (TypeError, ValueError):
+        pass  # the original has none to show either
     cls = _LockType(make.__name__, (), namespace)
     cls._real = type(make())
     cls._wrapped = make
