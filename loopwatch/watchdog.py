@@ -147,10 +147,6 @@ class Watchdog:
         with self._lock:
             self._looker.held_back(began, ended)
 
-    @property
-    def busy(self) -> bool:
-        return self._looker.saw_busy
-
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
             self._safe_flush()
@@ -445,7 +441,6 @@ class Watchdog:
         sampling = False
         cut_prone = False
         heartbeat = False
-        self._looker.saw_busy = False
         for probe in list(self._loops.probes):
             if not flush and self._looker.idle_look(
                 probe, frames.get(probe.thread_id), now, settings.threshold

@@ -99,8 +99,6 @@ class Looker:
         self.user_code = UserCode()
         #: profile mode's profiler, while it runs (its results are attached to blocks)
         self.profiler: Any = None
-        #: whether a look since the watchdog last reset it found a loop inside an iteration
-        self.saw_busy = False
         #: True while ended iterations are being finished (see finish_ended)
         self.finishing = False
 
@@ -298,7 +296,6 @@ class Looker:
             self._unseen_stall(probe, read_at, cpu, start, settings.threshold)
         previous, wd.last = wd.last, Reading(read_at, cpu)
         age = now - start if start else 0.0
-        self.saw_busy = self.saw_busy or bool(start)
         # Caught at a random moment, an iteration this old is probably over the
         # site threshold (ages are spread evenly over an iteration's length).
         # A garbage collection is not the program's cut: it does not count.

@@ -35,10 +35,6 @@ class Owner(Protocol):
     @property
     def lock(self) -> threading.RLock: ...
 
-    @property
-    def busy(self) -> bool:
-        """Whether the last look found a loop inside an iteration."""
-
     def look(
         self,
         now: float,
