@@ -41,6 +41,7 @@ from typing import Any
 from loopwatch._core.assemble import Clock
 from loopwatch._core.imports import AfterImport
 from loopwatch._core.tracker import Tracking
+from loopwatch._core.wakeup import DUE, Due
 from loopwatch._log import log_once
 
 #: iteration start, end (time.monotonic, the loop's clock), the loop thread's Clock at the
@@ -50,6 +51,12 @@ Ended = tuple[float, float, "Clock | None", "str | None", "str | None", int]
 
 _ENDED_KEEP = 4096
 _LAGS_KEEP = 4096
+#: A watchdog this late (seconds) is let in by a loop timed on every iteration ...
+_YIELD_AFTER = 0.002
+#: ... for this long: long enough for it to wake and take the GIL.
+_YIELD_FOR = 0.0001
+#: taken before strict mode can wrap it (this sleep is loopwatch's, not the program's)
+_SLEEP = time.sleep
 _loop_numbers = itertools.count(1)
 _BASE_LOOP = asyncio.base_events.BaseEventLoop
 _RUN_ONCE = _BASE_LOOP.__dict__["_run_once"]
@@ -207,6 +214,8 @@ class Probe:
         self.ended: deque[Ended] = deque(maxlen=_ENDED_KEEP)
         #: iterations longer than this are recorded in ``ended`` (exact and heartbeat modes)
         self.slow_threshold = 0.05
+        #: exact mode: not to let go of the GIL for an overdue watchdog again before this
+        self.next_yield = 0.0
         #: iterations counted and busy seconds summed (exact and heartbeat modes only)
         self.iterations: int | None = 0 if self.counts_iterations else None
         self.busy = 0.0
@@ -421,9 +430,11 @@ class SelectorProbe(Probe):
         if self.exact:
             return self.iter_start
         start = self._sampled_start(frame)
-        if self.want_exact and not self._end_armed_for and start:
-            # Only on a look that found an iteration in progress: switching on an
-            # empty look (a flush passes no frame) would leave that iteration untimed.
+        if self.want_exact and not self._end_armed_for and frame is not None:
+            # Not on a look without the loop thread's frame (a flush passes none):
+            # an iteration in progress would go untimed. (Between iterations, the
+            # one after the select in progress does; the watchdog may not look
+            # again soon: kept from the GIL is one reason to switch.)
             self._switch_to_exact(start)
         return start
 
@@ -548,6 +559,8 @@ def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[.
         # keeps the GIL: the watchdog must not look between marking the iteration over
         # and recording it (it would finish it alone, without the callback's name)
         _cpu: Callable[[], Clock | None] = probe.cpu_quick,
+        _due: Due = DUE,
+        _sleep: Callable[[float], None] = _SLEEP,
     ) -> Any:
         start = _probe.iter_start
         if start:
@@ -562,6 +575,14 @@ def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[.
                         (start, now, _cpu(), None, _probe.slowest_callback(), _probe.tag)
                     )
                 _probe.slowest = None
+                overdue = now - _due.at
+                if overdue > _YIELD_AFTER and now > _probe.next_yield:
+                    # The watchdog waits for the GIL, which this thread takes back each
+                    # time it lets go in select, before the watchdog has woken (see
+                    # Due): let it in. Less and less often while it stays away (a
+                    # watchdog the machine does not run is not helped by it).
+                    _probe.next_yield = now + overdue
+                    _sleep(_YIELD_FOR)
             except Exception:
                 _probe.fail("the select wrapper")
         events = _select(timeout)

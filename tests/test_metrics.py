@@ -382,12 +382,9 @@ def test_prometheus_counts_the_stalls_of_a_stopped_process(tmp_path: Path) -> No
             process.communicate()
     assert process.returncode == 0, err
     found = json.loads(out)
-    # on a quiet machine each stop is one "paused" stall; a busy one may add "starved" ones.
-    # (At least one: now and then, after a stop, the watchdog is kept off the GIL for
-    # hundreds of milliseconds and a stop is missed, or even taken for a block: that is
-    # tests/test_stalls.py's business; what is checked here is that the counters say
-    # what the report says.)
-    assert found["stalls"], found
+    # each stop is one "paused" stall (a busy machine may add "starved" ones)
+    assert found["blocks"] == [], found
+    assert [cause for _, cause in found["stalls"]].count("paused") == 2, found
     expected = Counter((loop, cause) for loop, cause in found["stalls"])
     assert {(loop, cause): value for loop, cause, value in found["counters"]} == expected
 

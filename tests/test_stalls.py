@@ -67,7 +67,12 @@ def finish(process: subprocess.Popen[str], tmp_path: Path) -> tuple[dict[str, An
 
 
 def test_a_stopped_process_is_a_stall_not_a_block(tmp_path: Path) -> None:
-    """Stopped twice for 200 ms mid-computation: stalls over the stops, no block elsewhere."""
+    """Stopped twice for 200 ms mid-computation: one paused stall per stop, no block.
+
+    The loop lets go of the GIL only for moments, every 2 ms (select between
+    steps): the watchdog waiting for it would be kept away for seconds, and
+    see neither stop, unless the loop lets it in (see ``wakeup.Due``).
+    """
     process = run_busy(tmp_path, seconds=2.5)
     time.sleep(0.4)
     stops = []
@@ -83,20 +88,13 @@ def test_a_stopped_process_is_a_stall_not_a_block(tmp_path: Path) -> None:
         return [f for f in found
                 if f["started"] < stop + 0.2 and f["started"] + f["duration"] > stop]
 
-    # Nothing but the stops was long: no block anywhere else.
-    for block in report["blocks"]:
-        assert any(over(stop, [block]) for stop in stops), (block, stderr)
-    paused = 0
+    assert report["blocks"] == [], stderr
     for stop in stops:
         stalls = over(stop, report["stalls"])
-        # KNOWN GAP (open in issue 19's note): in about one run in four, after a stop
-        # the watchdog is kept away for ~0.4 s while the loop computes, places the pause
-        # wrongly, and that one stop is still reported as a block.
-        assert len(stalls) + len(over(stop, report["blocks"])) == 1, (stop, report)
-        if stalls:
-            assert stalls[0]["pid"] == process.pid
-            paused += stalls[0]["paused"] > 0.1
-    assert paused >= 1, report["stalls"]
+        assert len(stalls) == 1, (stop, report["stalls"])
+        assert stalls[0]["pid"] == process.pid
+        assert stalls[0]["cause"] == "paused", stalls
+        assert stalls[0]["paused"] > 0.1, stalls
     assert "not your code" in stderr
 
 

@@ -154,16 +154,27 @@ class Looker:
         threshold, in no iteration this watchdog saw (it was not run either): a stall."""
         wd = probe.wd
         last = wd.last
-        if last is None or wd.finished_to > last.at or (start and start <= last.at):
-            return  # an iteration over that stretch was, or will be, finished and judged
+        if last is None:
+            return
+        # Up to where an iteration was finished and judged, the stretch is accounted for.
+        begin = max(last.at, wd.finished_to)
+        if start and start <= begin:
+            return  # the iteration in progress spans it: judged when it ends
         queued = queued_between(last.cpu, cpu)
         # An iteration in progress is judged when it ends: only what came before it here.
         upto = start or now
-        paused, held = self._not_run_in(wd, last.at, upto)
-        lost = min(upto - last.at, queued + paused + held)
+        if upto <= begin:
+            return
+        paused, held = self._not_run_in(wd, begin, upto)
         ran = cpu[0] - last.cpu[0] if cpu is not None and last.cpu is not None else 0.0
-        if lost <= threshold or ran > threshold:
-            return  # (the loop computed that long: an iteration the watchdog did not see)
+        if ran > threshold:
+            # The loop computed that long meanwhile, in iterations the watchdog did not
+            # see (it was kept from the GIL): time queued or held back may be spread
+            # over many of them. A stop of the whole process is one stretch, still.
+            queued = held = 0.0
+        lost = min(upto - begin, queued + paused + held)
+        if lost <= threshold:
+            return
         wd.finished_to = wd.stall_reported_at = upto
         self._on_stall(Stall(
             loop=probe.label,
@@ -265,7 +276,9 @@ class Looker:
         if not flush:
             # before the iterations that ended are finished: one may span the pause
             self._note_pause(wd, read_at, cpu, [ended[1] for ended in probe.ended], start)
-        self.finish_ended(probe, settings)
+        # Not those that ended after this look began (it was kept waiting for the GIL,
+        # in a ping): a stop meanwhile is measured by the next look, which finishes them.
+        self.finish_ended(probe, settings, math.inf if flush else now)
         if start != wd.seen_start:
             timed = isinstance(probe, SelectorProbe) and probe.exact
             if wd.seen_start and wd.samples and not timed:
@@ -351,15 +364,15 @@ class Looker:
                 wd.served = wd.served or wd.request is not None
         return True
 
-    def finish_ended(self, probe: Probe, settings: Settings) -> None:
-        """Finish the iterations the loop thread recorded as ended."""
-        if not probe.ended:
+    def finish_ended(self, probe: Probe, settings: Settings, until: float = math.inf) -> None:
+        """Finish the iterations the loop thread recorded as ended (by ``until``)."""
+        if not probe.ended or probe.ended[0][1] > until:
             return
         # Set before the first is taken off the list: a reader flushing from another
         # thread then knows a block is on its way and waits for the look to hand it on.
         self.finishing = True
         try:
-            while probe.ended:
+            while probe.ended and probe.ended[0][1] <= until:
                 began, ended, clock, resolution, callback, tag = probe.ended.popleft()
                 self._finish(probe, began, ended, clock, settings, resolution, callback, tag)
         finally:
@@ -415,8 +428,9 @@ class Looker:
             self._go_exact(probe, probe.wd, now)
             message = (
                 f"the watchdog could not run for {late * 1000:.0f} ms while "
-                f"{probe.label} kept computing (a C call holding the GIL?): the loop is "
-                "timed on every iteration for a while, so that no block goes unseen"
+                f"{probe.label} kept computing (a C call holding the GIL, or short "
+                "iterations that let go of it only for moments): the loop is timed on every "
+                "iteration for a while, so that no block goes unseen"
             )
             logger.info(message)
             messages.append(message)

@@ -9,6 +9,7 @@ frames taken the moment it woke. What a look does is its owner's business
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Protocol
 
 from loopwatch._core.assemble import queued_between
 from loopwatch._core.forking import FORK_WAIT, join_for_fork
-from loopwatch._core.wakeup import Wakeup
+from loopwatch._core.wakeup import DUE, Wakeup
 from loopwatch._log import log_once
 from loopwatch.probe import ThreadClock
 
@@ -145,6 +146,7 @@ class WatchdogThread:
         try:
             self._loop_forever(own)
         finally:
+            DUE.at = math.inf
             own.close()
 
     def _loop_forever(self, own: ThreadClock) -> None:
@@ -180,6 +182,9 @@ class WatchdogThread:
             held = queued_between(clock, own.quick())
             if held > LATE:
                 owner.held_back(asleep - held, asleep)
+            # Kept through the look that follows: sending a ping lets go of the GIL, and
+            # taking it back is the same wait for the GIL as waking is.
+            DUE.at = asleep + interval
             woken = self._wake.wait(interval)
             # First thing on waking: where each thread is. After a C call that held
             # the GIL, that is the line it returned to; anything here that let the

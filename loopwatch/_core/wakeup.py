@@ -1,7 +1,8 @@
-"""How the watchdog sleeps between looks."""
+"""How the watchdog sleeps between looks, and when it is due to look next."""
 
 from __future__ import annotations
 
+import math
 import threading
 
 
@@ -30,3 +31,24 @@ class Wakeup:
 
     def clear(self) -> None:
         self._lock.acquire(blocking=False)
+
+
+class Due:
+    """When the watchdog's next look is due (loop clock): a loop thread that finds it
+    long overdue lets go of the GIL for a moment (see ``probe._make_select``).
+
+    Why: a thread that lets go of the GIL only for a moment, every few
+    milliseconds (an asyncio loop calling ``select`` between short callbacks),
+    takes it back before a waiting thread has woken, and each release restarts
+    the waiter's 5 ms wait before it may ask for the GIL (CPython's "convoy
+    effect"). The watchdog could then wait for seconds without looking.
+    """
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = math.inf
+
+
+#: the process's one watchdog's next look (inf while none is due)
+DUE = Due()
