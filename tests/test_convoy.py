@@ -11,10 +11,12 @@ on every iteration lets an overdue watchdog in.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
 import pytest
+from workloads import compute_in_steps
 
 import loopwatch
 from loopwatch import probe as probe_module
@@ -46,18 +48,6 @@ def test_a_timed_loop_lets_an_overdue_watchdog_in(monkeypatch: pytest.MonkeyPatc
         loop.close()
 
 
-STEPS = 0.002
-
-
-async def compute_in_steps(seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        step = time.monotonic() + STEPS
-        while time.monotonic() < step:
-            pass
-        await asyncio.sleep(0)
-
-
 def test_the_watchdog_keeps_looking_at_a_loop_computing_in_short_steps(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -74,7 +64,7 @@ def test_the_watchdog_keeps_looking_at_a_loop_computing_in_short_steps(
     with loopwatch.watch(threshold=0.1, precise=True, sinks=[]):
         asyncio.run(compute_in_steps(1.5))
     during = [at for at in looks if at > looks[0]]
-    gaps = [b - a for a, b in zip(during, during[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
     # a look every 80 ms (0.8 x the threshold); kept away, gaps of seconds
     assert len(during) > 6, during
     assert max(gaps) < 0.6, gaps

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from workloads import BLOCK, THRESHOLD, marked
+from workloads import BLOCK, COMPUTE_IN_STEPS, THRESHOLD, marked
 
 import loopwatch
 from loopwatch import Block, Report
@@ -332,8 +332,8 @@ def test_otel_caps_sites(otel: tuple[Any, InMemoryMetricReader]) -> None:
 
 #: A watched loop computing in 2 ms steps, with a PrometheusSink: it prints its report's
 #: stalls and blocks and the scraped stall counters once done.
-STALLED_PROGRAM = textwrap.dedent("""
-    import asyncio, json, sys, time
+STALLED_PROGRAM = COMPUTE_IN_STEPS + textwrap.dedent("""
+    import json, sys
     import prometheus_client, loopwatch
     from loopwatch.metrics import PrometheusSink
 
@@ -341,12 +341,7 @@ STALLED_PROGRAM = textwrap.dedent("""
 
     async def main(seconds):
         print("ready", flush=True)
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            step = time.monotonic() + 0.002
-            while time.monotonic() < step:
-                pass
-            await asyncio.sleep(0)
+        await compute_in_steps(seconds)
 
     with loopwatch.watch(threshold=0.05, sinks=[PrometheusSink(registry)]) as session:
         asyncio.run(main(float(sys.argv[1])))

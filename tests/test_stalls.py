@@ -15,41 +15,39 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import schemas
+from workloads import COMPUTE_IN_STEPS
 
-from loopwatch._core.assemble import Observed, Reading, stall
+from loopwatch._core.assemble import Observed, Reading, stall, verdict
+from loopwatch.model import Frame
 from loopwatch.stacks import UserCode
 
-#: A loop that computes all the time, in 2 ms steps: whenever the machine stops
-#: running it, it is inside an iteration.
 BUSY_PROGRAM = """
-import asyncio, os, sys, time
+import os, sys
+{compute_in_steps}
 {prepare}
 
 async def main(seconds):
     print("ready", flush=True)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        step = time.monotonic() + 0.002
-        while time.monotonic() < step:
-            pass
-        await asyncio.sleep(0)
-        {each_step}
+    await compute_in_steps(seconds, {each_step})
 
 asyncio.run(main(float(sys.argv[1])))
 {after}
 """
 
 
-def run_busy(tmp_path: Path, seconds: float, prepare: str = "", each_step: str = "pass",
+def run_busy(tmp_path: Path, seconds: float, prepare: str = "", each_step: str = "lambda: None",
              after: str = "") -> subprocess.Popen[str]:
+    """Run a program computing in steps (see workloads.compute_in_steps) under loopwatch run;
+    ``each_step``: what it calls after each step (defined in ``prepare``)."""
     program = tmp_path / "busy.py"
-    program.write_text(textwrap.dedent(BUSY_PROGRAM).format(
-        prepare=prepare, each_step=each_step, after=after))
+    program.write_text(BUSY_PROGRAM.format(
+        compute_in_steps=COMPUTE_IN_STEPS, prepare=prepare, each_step=each_step, after=after))
     process = subprocess.Popen(
         [sys.executable, "-m", "loopwatch", "run", "--threshold", "0.05", "--json", "out.json",
          "busy.py", str(seconds)],
@@ -135,14 +133,14 @@ def test_a_starved_loop_thread_is_a_stall_not_a_block(tmp_path: Path) -> None:
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         hog.stdout.readline()
         runs, due = 0, time.monotonic() + 0.4
+
+        def hog_now_and_then():
+            global runs, due
+            if runs < 3 and time.monotonic() > due:
+                hog.stdin.write(b"x"); hog.stdin.flush()
+                runs, due = runs + 1, due + 0.5
     """)
-    each_step = textwrap.dedent("""
-        global runs, due
-        if runs < 3 and time.monotonic() > due:
-            hog.stdin.write(b"x"); hog.stdin.flush()
-            runs, due = runs + 1, due + 0.5
-    """).replace("\n", "\n        ")
-    process = run_busy(tmp_path, seconds=2.5, prepare=prepare, each_step=each_step,
+    process = run_busy(tmp_path, seconds=2.5, prepare=prepare, each_step="hog_now_and_then",
                        after="hog.stdin.close(); hog.wait()")
     report, stderr = finish(process, tmp_path)
     assert report["blocks"] == [], stderr
@@ -158,8 +156,8 @@ def test_a_starved_loop_thread_is_a_stall_not_a_block(tmp_path: Path) -> None:
 def test_a_starved_iteration_is_a_stall_with_its_run_queue_time() -> None:
     """Pure decision: 160 ms long, 150 ms of it waiting for a CPU: a stall, not a block."""
     seen = Observed(start=1.0, end=1.16, before=Reading(0.99, (0.5, 2.0)), cpu_end=(0.51, 2.15))
-    found = stall(seen, threshold=0.05, loop="L", user_code=UserCode(), wall_offset=100.0)
-    assert found is not None
+    assert verdict(seen, threshold=0.05, site_threshold=0.02) == "stall"
+    found = stall(seen, loop="L", user_code=UserCode(), wall_offset=100.0)
     assert (found.cause, found.started) == ("starved", 101.0)
     assert found.queued == pytest.approx(0.15)
     assert found.busy == pytest.approx(0.01)
@@ -170,7 +168,7 @@ def test_a_partly_starved_block_stays_a_block() -> None:
     from loopwatch._core.assemble import block
 
     seen = Observed(start=1.0, end=1.16, before=Reading(0.99, (0.5, 2.0)), cpu_end=(0.62, 2.04))
-    assert stall(seen, threshold=0.05, loop="L", user_code=UserCode(), wall_offset=0.0) is None
+    assert verdict(seen, threshold=0.05, site_threshold=0.02) == "block"
     found = block(seen, block_id=1, loop="L", user_code=UserCode(), wall_offset=0.0)
     assert found.stalled == pytest.approx(0.04)
     assert found.kind == "cpu"  # 120 ms of CPU in the 120 ms it could run
@@ -180,8 +178,9 @@ def test_a_paused_iteration_is_a_stall() -> None:
     """Most of the iteration the whole process did not run: cause paused."""
     seen = Observed(start=1.0, end=1.21, before=Reading(0.99, (0.5, 2.0)), cpu_end=(0.51, 2.001),
                     paused=0.2)
-    found = stall(seen, threshold=0.05, loop="L", user_code=UserCode(), wall_offset=0.0)
-    assert found is not None and found.cause == "paused"
+    assert verdict(seen, threshold=0.05, site_threshold=0.02) == "stall"
+    found = stall(seen, loop="L", user_code=UserCode(), wall_offset=0.0)
+    assert found.cause == "paused"
     assert found.paused == pytest.approx(0.2)
 
 
@@ -189,5 +188,28 @@ def test_throttled_when_the_cgroup_ran_out_of_quota() -> None:
     """Run-queue time that the cgroup's throttling accounts for: cause throttled."""
     seen = Observed(start=1.0, end=1.16, before=Reading(0.99, (0.5, 2.0)), cpu_end=(0.51, 2.15),
                     throttled=0.1)
-    found = stall(seen, threshold=0.05, loop="L", user_code=UserCode(), wall_offset=0.0)
-    assert found is not None and found.cause == "throttled"
+    assert verdict(seen, threshold=0.05, site_threshold=0.02) == "stall"
+    found = stall(seen, loop="L", user_code=UserCode(), wall_offset=0.0)
+    assert found.cause == "throttled"
+
+
+def test_the_verdict_of_an_iteration_the_watchdog_never_saw_run() -> None:
+    """160 ms, 90 ms of it waiting for a CPU: its own 70 ms are over the threshold, but
+    with not one sample it is a stall (the watchdog was kept off the CPU with it); the
+    same iteration sampled running is a block."""
+    frame = Frame("app.py", 3, "handler")
+    unseen = Observed(start=1.0, end=1.16, before=Reading(0.99, (0.5, 2.0)),
+                      cpu_end=(0.57, 2.09))
+    assert verdict(unseen, threshold=0.05, site_threshold=0.02) == "stall"
+    sampled = replace(unseen, stacks={(frame,): 3})
+    assert verdict(sampled, threshold=0.05, site_threshold=0.02) == "block"
+
+
+def test_the_verdict_under_the_threshold() -> None:
+    """30 ms, over the 20 ms site threshold: a cut, unless mostly not run."""
+    own = Observed(start=1.0, end=1.03, before=Reading(0.99, (0.5, 2.0)), cpu_end=(0.525, 2.005))
+    assert verdict(own, threshold=0.05, site_threshold=0.02) == "cut"
+    starved = replace(own, cpu_end=(0.51, 2.02))
+    assert verdict(starved, threshold=0.05, site_threshold=0.02) == "none"
+    short = replace(own, end=1.015)
+    assert verdict(short, threshold=0.05, site_threshold=0.02) == "none"

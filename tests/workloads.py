@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -16,6 +19,29 @@ from loopwatch.demo import unsynced_backlog
 BLOCK = 0.15
 """How long each deliberate block lasts, in seconds."""
 THRESHOLD = 0.05
+
+#: a step of compute_in_steps (seconds)
+STEP = 0.002
+
+
+async def compute_in_steps(seconds: float, each_step: Callable[[], object] = lambda: None) -> None:
+    """Compute all the time, in 2 ms steps, letting go of the GIL between them only for
+    moments (in select): whenever the machine stops running the loop's thread, it is
+    inside an iteration."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        step = time.monotonic() + STEP
+        while time.monotonic() < step:
+            pass
+        await asyncio.sleep(0)
+        each_step()
+
+
+COMPUTE_IN_STEPS = (
+    f"import asyncio, time\nfrom collections.abc import Callable\nSTEP = {STEP}\n\n"
+    + inspect.getsource(compute_in_steps)
+)
+"""compute_in_steps as source, for a program run in its own process."""
 
 
 @dataclass

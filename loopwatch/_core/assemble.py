@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from loopwatch.model import (
     GC_SITE,
@@ -233,27 +234,52 @@ def choose_site(
     return best[0], site_frame
 
 
+Verdict = Literal["block", "stall", "cut", "none"]
+"""What an ended iteration is: see :func:`verdict`."""
+
+
+def verdict(observed: Observed, *, threshold: float, site_threshold: float) -> Verdict:
+    """What an ended iteration is, from how long it was and how much of it was the program's.
+
+    Over the threshold: a block, unless the machine did not run the loop's thread
+    for enough of it that the program's own part is not (a stall; so too an
+    iteration the watchdog never saw run and mostly not run: the watchdog was
+    kept off the CPU with it, and a block that holds the GIL computes). Over the
+    site threshold only: a cut, unless mostly not run (nothing).
+
+    >>> seen = Observed(start=1.0, end=1.16, before=Reading(0.99, (0.5, 2.0)),
+    ...                 cpu_end=(0.51, 2.15))
+    >>> verdict(seen, threshold=0.05, site_threshold=0.02)
+    'stall'
+    """
+    duration = observed.duration
+    if duration <= site_threshold:
+        return "none"
+    own = duration - observed.not_run
+    if duration > threshold:
+        unseen = not observed.stacks and not observed.dumps and own < duration / 2
+        return "stall" if own <= threshold or unseen else "block"
+    # (one just over the site threshold by its wake-up on a busy machine stays a cut)
+    return "none" if own < duration / 2 else "cut"
+
+
 def stall(
     observed: Observed,
     *,
-    threshold: float,
     loop: str,
     user_code: UserCode,
     wall_offset: float,
     pid: int | None = None,
-) -> Stall | None:
-    """The :class:`Stall` for an iteration over the threshold only because the machine
-    did not run the loop's thread; None when the program's own part is over it (a block).
+) -> Stall:
+    """The :class:`Stall` for an iteration whose :func:`verdict` is ``stall``.
 
     >>> seen = Observed(start=1.0, end=1.16, before=Reading(0.99, (0.5, 2.0)),
     ...                 cpu_end=(0.51, 2.15))
-    >>> s = stall(seen, threshold=0.05, loop="L", user_code=UserCode(), wall_offset=0.0)
+    >>> s = stall(seen, loop="L", user_code=UserCode(), wall_offset=0.0)
     >>> (s.cause, round(s.queued, 2), round(s.busy, 2))
     ('starved', 0.15, 0.01)
     """
     lost = observed.not_run
-    if not lost or observed.duration - lost > threshold:
-        return None
     queued = (observed.queued or 0.0) + observed.held
     throttled = observed.throttled or 0.0
     cause: StallCause

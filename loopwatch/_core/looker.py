@@ -20,6 +20,7 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
@@ -160,29 +161,27 @@ class Looker:
         begin = max(last.at, wd.finished_to)
         if start and start <= begin:
             return  # the iteration in progress spans it: judged when it ends
-        queued = queued_between(last.cpu, cpu)
         # An iteration in progress is judged when it ends: only what came before it here.
         upto = start or now
         if upto <= begin:
             return
         paused, held = self._not_run_in(wd, begin, upto)
         ran = cpu[0] - last.cpu[0] if cpu is not None and last.cpu is not None else 0.0
+        counted = last.cpu
         if ran > threshold:
             # The loop computed that long meanwhile, in iterations the watchdog did not
             # see (it was kept from the GIL): time queued or held back may be spread
             # over many of them. A stop of the whole process is one stretch, still.
-            queued = held = 0.0
-        lost = min(upto - begin, queued + paused + held)
+            counted, held = None, 0.0
+        lost = min(upto - begin, queued_between(counted, cpu) + paused + held)
         if lost <= threshold:
             return
         wd.finished_to = wd.stall_reported_at = upto
-        self._on_stall(Stall(
-            loop=probe.label,
-            started=WALL_OFFSET + upto - lost,
-            duration=lost,
-            cause="paused" if paused > queued + held else "starved",
-            queued=queued + held,
-            paused=paused,
+        # Of no known iteration: only how long and why (no stack, task or request).
+        observed = Observed(start=upto - lost, end=upto, before=Reading(last.at, counted),
+                            cpu_end=cpu, paused=paused, held=held)
+        self._on_stall(assemble.stall(
+            observed, loop=probe.label, user_code=self.user_code, wall_offset=WALL_OFFSET,
             pid=os.getpid(),
         ), now)
 
@@ -467,7 +466,6 @@ class Looker:
         wd = probe.wd
         if start == wd.done:
             return  # stamped twice (a hook and a fallback both saw it end): keep the first
-        duration = end - start
         seen = start == wd.seen_start
         samples = wd.samples if seen else Counter()
         reference = wd.before if seen else wd.last
@@ -492,43 +490,12 @@ class Looker:
             # A heartbeat loop: the block is the callback the samples saw last, from
             # when it began (between two samples), not every callback since the ping.
             start = max(start, sum(wd.root_changed) / 2)
-            duration = end - start
             reference = wd.root_reading or reference
         paused, held = self._not_run_in(wd, start, end)
         if start < wd.stall_reported_at:
             # The stretch up to then was reported as a stall from the looks around it.
             start = min(end, wd.stall_reported_at)
-            duration = end - start
-        if duration > settings.site_threshold:
-            # Slow only because the machine did not run the loop's thread? Then the
-            # program's own part decides: a stall is never a block, cut or site.
-            own = duration - self._not_run(
-                reference, cpu_end, wd.queued_from if seen else None, paused + held, duration
-            )
-            # Not one look while it ran, and mostly not run: the watchdog was kept off
-            # the CPU with it, so the rest is the machine's too, as far as can be told
-            # (a block that merely holds the GIL computes: it is not mostly not run).
-            unseen = not samples and not dumps and own < duration / 2
-            if duration > settings.threshold and (own <= settings.threshold or unseen):
-                self._stall(probe, start, end, cpu_end, reference, samples, seen, paused, held)
-                return
-            if duration <= settings.threshold and own < duration / 2:
-                return  # a cut mostly made of time not run (one just over the site
-                # threshold by its wake-up on a busy machine stays one)
-        if (
-            duration > settings.site_threshold
-            and self._gc.time_in(probe.thread_id, start, end) < duration / 2
-        ):
-            likely = wd.cut_seen(end)
-            if wd.cuts:
-                wd.exact_until = max(wd.exact_until, end + _EXACT_FOR)
-            elif likely:
-                self._cut_prone(probe, wd, end)
-        if duration <= settings.threshold:
-            if duration > settings.site_threshold:
-                self._cut(probe, start, end, cpu_end, reference, samples, settings)
-            return
-        wd.blocks += 1
+        gc_time = self._gc.time_in(probe.thread_id, start, end)
         observed = Observed(
             start=start,
             end=end,
@@ -546,17 +513,40 @@ class Looker:
             late_wakes=wd.late_wakes,
             late_time=wd.late_time,
             watch_from=wd.watch_from,
-            gc_time=self._gc.time_in(probe.thread_id, start, end),
+            gc_time=gc_time,
             gc_generation=self._gc.generation_in(probe.thread_id, start, end),
             resolution=resolution or probe.resolution,
-            functions=self._functions(tag),
             paused=paused,
             held=held,
             throttled=self._throttled_since(wd) if seen else None,
             startup=not wd.served,
         )
+        span, wd.span = (wd.span if seen else None), None
+        found = assemble.verdict(
+            observed, threshold=settings.threshold, site_threshold=settings.site_threshold
+        )
+        if found == "stall":
+            # Slow only because the machine did not run the loop's thread: a stall
+            # is never a block, cut or site.
+            self._on_stall(assemble.stall(
+                observed, loop=probe.label, user_code=self.user_code, wall_offset=WALL_OFFSET,
+                pid=os.getpid(),
+            ), end)
+            return
+        if found == "none":
+            return
+        if gc_time < observed.duration / 2:
+            # A garbage collection is not the program's cut.
+            if wd.cuts:
+                wd.exact_until = max(wd.exact_until, end + _EXACT_FOR)
+            elif wd.cut_seen(end):
+                self._cut_prone(probe, wd, end)
+        if found == "cut":
+            self._on_cut(assemble.cut(observed, loop=probe.label, user_code=self.user_code), end)
+            return
+        wd.blocks += 1
         block = assemble.block(
-            observed,
+            replace(observed, functions=self._functions(tag)),
             block_id=next(self._block_ids),
             loop=probe.label,
             user_code=self.user_code,
@@ -564,7 +554,6 @@ class Looker:
             pid=os.getpid(),  # read each time: a forked child is another process
         )
         wd.served = wd.served or block.request is not None
-        span, wd.span = (wd.span if seen else None), None
         self._on_block(Found(block, start, end, span))
 
     def _throttled_since(self, wd: Tracking) -> float | None:
@@ -573,56 +562,6 @@ class Looker:
             return None
         now = self._throttling.seconds()
         return None if now is None else max(0.0, now - wd.throttled_from)
-
-    @staticmethod
-    def _not_run(
-        before: Reading | None,
-        cpu_end: Clock | None,
-        queued_from: Clock | None,
-        paused: float,
-        duration: float,
-    ) -> float:
-        """Seconds of an iteration the machine did not run the loop's thread."""
-        queued = assemble.queued_time(before, cpu_end, queued_from) or 0.0
-        return min(duration, queued + paused)
-
-    def _stall(
-        self,
-        probe: Probe,
-        start: float,
-        end: float,
-        cpu_end: Clock | None,
-        reference: Reading | None,
-        samples: Counter[RawStack],
-        seen: bool,
-        paused: float,
-        held: float,
-    ) -> None:
-        wd = probe.wd
-        wd.span = None
-        observed = Observed(
-            start=start,
-            end=end,
-            before=reference,
-            cpu_end=cpu_end,
-            queued_from=wd.queued_from if seen else None,
-            stacks=_frames_of(samples),
-            task=wd.task if seen else None,
-            request=wd.request if seen else None,
-            paused=paused,
-            held=held,
-            throttled=self._throttled_since(wd) if seen else None,
-        )
-        found = assemble.stall(
-            observed,
-            threshold=math.inf,  # decided by the caller
-            loop=probe.label,
-            user_code=self.user_code,
-            wall_offset=WALL_OFFSET,
-            pid=os.getpid(),
-        )
-        if found is not None:
-            self._on_stall(found, end)
 
     def _functions(self, tag: int) -> tuple[FunctionStat, ...]:
         profiler = self.profiler
@@ -633,27 +572,6 @@ class Looker:
         except Exception:
             log_once("profiler-functions", "loopwatch could not read yappi's results for a block")
             return ()
-
-    def _cut(
-        self,
-        probe: Probe,
-        start: float,
-        end: float,
-        cpu_end: Clock | None,
-        reference: Reading | None,
-        samples: Counter[RawStack],
-        settings: Settings,
-    ) -> None:
-        """An iteration over the site threshold but under the block threshold."""
-        observed = Observed(
-            start=start,
-            end=end,
-            before=reference,
-            cpu_end=cpu_end,
-            stacks=_frames_of(samples),
-            gc_time=self._gc.time_in(probe.thread_id, start, end),
-        )
-        self._on_cut(assemble.cut(observed, loop=probe.label, user_code=self.user_code), end)
 
     def loop_stats(self, probe: Probe) -> LoopStats:
         end = probe.detached_at or time.monotonic()
