@@ -86,12 +86,47 @@ def announce(config: Config) -> tuple[str, str | None] | None:
     """
     if ENV in os.environ and _spec(os.environ[ENV]) is not None:
         return None
-    folder = tempfile.mkdtemp(prefix="loopwatch-children-")
+    _sweep_orphans()
+    folder = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
     settings = {name: getattr(config, name) for name in _PASSED_ON}
     settings["include"], settings["exclude"] = list(config.include), list(config.exclude)
     previous = os.environ.get(ENV)
     os.environ[ENV] = json.dumps({"dir": folder, "parent": os.getpid(), "config": settings})
     return folder, previous
+
+
+_PREFIX = "loopwatch-children-"
+
+
+def _sweep_orphans() -> None:
+    """Remove the folders of watched processes that ended without removing theirs
+    (killed: SIGKILL, the OOM killer), as their pid in the folder's name tells."""
+    top = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(top) if n.startswith(_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_PREFIX):].partition("-")[0]
+        path = os.path.join(top, name)
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        try:
+            mine = not hasattr(os, "getuid") or os.stat(path).st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process (by now, perhaps): not ours to signal
+    return True
 
 
 def withdraw(previous: str | None) -> None:
@@ -129,13 +164,7 @@ class ChildReport:
         return merge_sites([self.sites or (), late]) if late else self.sites or ()
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:
-            return True  # another user's process by now, or not ours to signal
-        return True
+        return _running(self.pid)
 
 
 class Children:

@@ -163,3 +163,34 @@ def test_a_worker_that_cannot_write_is_named_and_carries_on(tmp_path: Path) -> N
     assert not report.blocks
     assert any(e.startswith("pid ") and "could not write its findings" in e
                for e in report.events), report.events
+
+
+def test_the_folder_of_a_killed_parent_is_removed_by_the_next_watch(tmp_path: Path) -> None:
+    """A watching process killed outright cannot remove its folder: the next watch does,
+    and leaves those of processes still running."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop(ENV, None)
+    program = ("import json, os, sys, time, loopwatch\n"
+               "with loopwatch.watch(subprocesses=True):\n"
+               "    print(json.loads(os.environ['" + ENV + "'])['dir'], flush=True)\n"
+               "    time.sleep(60)\n")
+    killed = subprocess.Popen([sys.executable, "-c", program], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    alive = subprocess.Popen([sys.executable, "-c", program], env=env, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert killed.stdout is not None and alive.stdout is not None
+        orphan, kept = Path(killed.stdout.readline().strip()), Path(alive.stdout.readline().strip())
+        killed.kill()
+        killed.wait()
+        assert orphan.is_dir() and kept.is_dir()
+        sweep = ("import loopwatch\n"
+                 "with loopwatch.watch(subprocesses=True):\n"
+                 "    pass\n")
+        subprocess.run([sys.executable, "-c", sweep], env=env, check=True, timeout=60)
+        assert not orphan.exists()
+        assert kept.is_dir()
+    finally:
+        for process in (killed, alive):
+            process.kill()
+            process.communicate()
