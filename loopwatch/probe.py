@@ -611,6 +611,19 @@ class HeartbeatProbe(Probe):
         sent = self._ping_sent
         return sent if sent and now - sent > heartbeat else 0.0
 
+    def ping_at_start(self) -> None:
+        """In the loop's thread, as its run starts: a ping queued behind its first callbacks.
+
+        A block in them then counts from the run's start, not from the
+        watchdog's first ping, which may come a tick later (most of a block).
+        """
+        loop = self.loop_ref()
+        if loop is None or self._ping_sent:
+            return
+        now = time.monotonic()
+        self._ping_sent = now
+        loop.call_soon(self._pong, now, self._generation)
+
     @staticmethod
     def callback_root(frame: FrameType | None) -> int | None:
         """Which callback the loop thread (innermost ``frame``) runs: the id of its outermost

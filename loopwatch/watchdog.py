@@ -42,6 +42,7 @@ from loopwatch.config import Config
 from loopwatch.model import LoopStats, Stall
 from loopwatch.probe import (
     Discovery,
+    HeartbeatProbe,
     Probe,
     SelectorProbe,
     loops_in_locals,
@@ -304,6 +305,8 @@ class Watchdog:
                 # In the loop's own thread, before its first iteration: switch now,
                 # or that iteration would go untimed.
                 probe.exact_from_first_iteration()
+            if isinstance(probe, HeartbeatProbe) and thread_id is None:
+                probe.ping_at_start()
             # A first CPU reading, so that a block in the very first iteration has one.
             probe.wd.last = Reading(time.monotonic(), probe.cpu_quick())
             self._note_no_run_queue(probe.wd.last)
