@@ -91,7 +91,8 @@ def test_report_json_round_trip(tmp_path: Any) -> None:
     for key in ("duration", "cpu_ratio", "kind", "frames", "task", "site"):
         assert key in block
     assert block["frames"][-1].keys() == {"file", "line", "function"}
-    (site,) = data["sites"]
+    # (a busy machine may add a site of slow iterations under the threshold)
+    (site,) = [site for site in data["sites"] if site["blocks"]]
     assert site["count"] == 1 and site["site"] == block["site"]
     assert Report.load(path) == report
 

@@ -245,7 +245,7 @@ def verdict(observed: Observed, *, threshold: float, site_threshold: float) -> V
     for enough of it that the program's own part is not (a stall; so too an
     iteration the watchdog never saw run and mostly not run: the watchdog was
     kept off the CPU with it, and a block that holds the GIL computes). Over the
-    site threshold only: a cut, unless mostly not run (nothing).
+    site threshold only: a cut if its own part is over it too.
 
     >>> seen = Observed(start=1.0, end=1.16, before=Reading(0.99, (0.5, 2.0)),
     ...                 cpu_end=(0.51, 2.15))
@@ -259,8 +259,8 @@ def verdict(observed: Observed, *, threshold: float, site_threshold: float) -> V
     if duration > threshold:
         unseen = not observed.stacks and not observed.dumps and own < duration / 2
         return "stall" if own <= threshold or unseen else "block"
-    # (one just over the site threshold by its wake-up on a busy machine stays a cut)
-    return "none" if own < duration / 2 else "cut"
+    # (one over the site threshold only by its wake-up on a busy machine is not)
+    return "cut" if own > site_threshold else "none"
 
 
 def stall(
