@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from typing import Any
 
@@ -30,7 +31,8 @@ def test_a_timed_loop_lets_an_overdue_watchdog_in(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(probe_module, "_SLEEP", slept.append)
     loop = asyncio.new_event_loop()
     try:
-        probe = probe_module.SelectorProbe(loop, 0, None, exact=True)
+        probe = probe_module.SelectorProbe(
+            loop, threading.get_ident(), threading.get_native_id(), exact=True)
         select = loop._selector.select  # type: ignore[attr-defined]
         monkeypatch.setattr(DUE, "at", time.monotonic() + 60)
         select(0)
