@@ -41,7 +41,7 @@ from typing import Any
 from loopwatch._core.assemble import Clock
 from loopwatch._core.imports import AfterImport
 from loopwatch._core.tracker import Tracking
-from loopwatch._core.wakeup import DUE, Due
+from loopwatch._core.wakeup import DUE, YIELD_AFTER, Door, DoorTimer, Due
 from loopwatch._log import log_once
 
 #: iteration start, end (time.monotonic, the loop's clock), the loop thread's Clock at the
@@ -51,12 +51,6 @@ Ended = tuple[float, float, "Clock | None", "str | None", "str | None", int]
 
 _ENDED_KEEP = 4096
 _LAGS_KEEP = 4096
-#: A watchdog this late (seconds) is let in by a loop timed on every iteration ...
-_YIELD_AFTER = 0.002
-#: ... for this long: long enough for it to wake and take the GIL.
-_YIELD_FOR = 0.0001
-#: taken before strict mode can wrap it (this sleep is loopwatch's, not the program's)
-_SLEEP = time.sleep
 _loop_numbers = itertools.count(1)
 _BASE_LOOP = asyncio.base_events.BaseEventLoop
 _RUN_ONCE = _BASE_LOOP.__dict__["_run_once"]
@@ -214,8 +208,10 @@ class Probe:
         self.ended: deque[Ended] = deque(maxlen=_ENDED_KEEP)
         #: iterations longer than this are recorded in ``ended`` (exact and heartbeat modes)
         self.slow_threshold = 0.05
-        #: exact mode: not to let go of the GIL for an overdue watchdog again before this
-        self.next_yield = 0.0
+        #: how the loop's thread lets an overdue watchdog in: from select in exact mode,
+        #: and from a timer on the loop (started in the loop's thread: start_in_loop)
+        self.door = Door()
+        self.door_timer = DoorTimer(loop, self.door, self.fail)
         #: iterations counted and busy seconds summed (exact and heartbeat modes only)
         self.iterations: int | None = 0 if self.counts_iterations else None
         self.busy = 0.0
@@ -329,9 +325,14 @@ class Probe:
         self._ping_sent = 0.0
         self._generation += 1
 
+    def start_in_loop(self) -> None:
+        """What the probe runs in the loop's own thread (called there, as its run starts)."""
+        self.door_timer.start()
+
     def detach(self) -> None:
         if self.detached_at is None:
             self.detached_at = time.monotonic()
+        self.door_timer.stop()
         if self._own_clock:
             self._clock.close()
 
@@ -560,7 +561,7 @@ def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[.
         # and recording it (it would finish it alone, without the callback's name)
         _cpu: Callable[[], Clock | None] = probe.cpu_quick,
         _due: Due = DUE,
-        _sleep: Callable[[float], None] = _SLEEP,
+        _door: Door = probe.door,
     ) -> Any:
         start = _probe.iter_start
         if start:
@@ -575,14 +576,10 @@ def _make_select(probe: SelectorProbe, select: Callable[..., Any]) -> Callable[.
                         (start, now, _cpu(), None, _probe.slowest_callback(), _probe.tag)
                     )
                 _probe.slowest = None
-                overdue = now - _due.at
-                if overdue > _YIELD_AFTER and now > _probe.next_yield:
+                if now - _due.at > YIELD_AFTER:
                     # The watchdog waits for the GIL, which this thread takes back each
-                    # time it lets go in select, before the watchdog has woken (see
-                    # Due): let it in. Less and less often while it stays away (a
-                    # watchdog the machine does not run is not helped by it).
-                    _probe.next_yield = now + overdue
-                    _sleep(_YIELD_FOR)
+                    # time it lets go in select, before the watchdog has woken (see Due).
+                    _door.let_in(now)
             except Exception:
                 _probe.fail("the select wrapper")
         events = _select(timeout)
@@ -610,6 +607,10 @@ class HeartbeatProbe(Probe):
     def busy_since(self, frame: FrameType | None, now: float, heartbeat: float) -> float:
         sent = self._ping_sent
         return sent if sent and now - sent > heartbeat else 0.0
+
+    def start_in_loop(self) -> None:
+        super().start_in_loop()
+        self.ping_at_start()
 
     def ping_at_start(self) -> None:
         """In the loop's thread, as its run starts: a ping queued behind its first callbacks.

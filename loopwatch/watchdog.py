@@ -42,7 +42,6 @@ from loopwatch.config import Config
 from loopwatch.model import LoopStats, Stall
 from loopwatch.probe import (
     Discovery,
-    HeartbeatProbe,
     Probe,
     SelectorProbe,
     loops_in_locals,
@@ -305,8 +304,13 @@ class Watchdog:
                 # In the loop's own thread, before its first iteration: switch now,
                 # or that iteration would go untimed.
                 probe.exact_from_first_iteration()
-            if isinstance(probe, HeartbeatProbe) and thread_id is None:
-                probe.ping_at_start()
+            if thread_id is None:
+                probe.start_in_loop()  # in the loop's own thread, as its run starts
+            else:
+                try:
+                    loop.call_soon_threadsafe(probe.start_in_loop)
+                except RuntimeError:
+                    pass  # closed meanwhile: retired at the next look
             # A first CPU reading, so that a block in the very first iteration has one.
             probe.wd.last = Reading(time.monotonic(), probe.cpu_quick())
             self._note_no_run_queue(probe.wd.last)

@@ -22,13 +22,14 @@ from workloads import compute_in_steps
 import loopwatch
 from loopwatch import probe as probe_module
 from loopwatch import watchdog as watchdog_module
+from loopwatch._core import wakeup
 from loopwatch._core.wakeup import DUE
 
 
 def test_a_timed_loop_lets_an_overdue_watchdog_in(monkeypatch: pytest.MonkeyPatch) -> None:
     """Overdue by more than 2 ms: the loop sleeps a moment, then less and less often."""
     slept: list[float] = []
-    monkeypatch.setattr(probe_module, "_SLEEP", slept.append)
+    monkeypatch.setattr(wakeup, "_SLEEP", slept.append)
     loop = asyncio.new_event_loop()
     try:
         probe = probe_module.SelectorProbe(
@@ -39,10 +40,10 @@ def test_a_timed_loop_lets_an_overdue_watchdog_in(monkeypatch: pytest.MonkeyPatc
         assert slept == []  # due in a minute: nothing to do
         monkeypatch.setattr(DUE, "at", time.monotonic() - 0.01)
         select(0)
-        assert slept == [probe_module._YIELD_FOR]
+        assert slept == [wakeup.YIELD_FOR]
         select(0)
         assert len(slept) == 1  # not again before it is twice as late
-        monkeypatch.setattr(probe, "next_yield", 0.0)
+        monkeypatch.setattr(probe.door, "_next", 0.0)
         select(0)
         assert len(slept) == 2
         probe.detach()
@@ -50,10 +51,12 @@ def test_a_timed_loop_lets_an_overdue_watchdog_in(monkeypatch: pytest.MonkeyPatc
         loop.close()
 
 
+@pytest.mark.parametrize("precise", [True, False], ids=["timed", "sampled"])
 def test_the_watchdog_keeps_looking_at_a_loop_computing_in_short_steps(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, precise: bool
 ) -> None:
-    """1.5 s of 2 ms steps, timed on every iteration: the watchdog looks all along."""
+    """1.5 s of 2 ms steps: the watchdog looks all along, whether the loop is timed on
+    every iteration (let in from select) or not (let in by a timer on the loop)."""
     looks: list[float] = []
     look = watchdog_module.Watchdog.look
 
@@ -63,7 +66,7 @@ def test_the_watchdog_keeps_looking_at_a_loop_computing_in_short_steps(
         return look(self, now, *args, **kwargs)
 
     monkeypatch.setattr(watchdog_module.Watchdog, "look", counted)
-    with loopwatch.watch(threshold=0.1, precise=True, sinks=[]):
+    with loopwatch.watch(threshold=0.1, precise=precise, sinks=[]):
         asyncio.run(compute_in_steps(1.5))
     during = [at for at in looks if at > looks[0]]
     gaps = [b - a for a, b in itertools.pairwise(during)]
@@ -71,3 +74,18 @@ def test_the_watchdog_keeps_looking_at_a_loop_computing_in_short_steps(
     assert len(during) > 6, during
     assert max(gaps) < 0.6, gaps
 
+
+def test_the_timer_stops_with_the_watch() -> None:
+    """Nothing of loopwatch's is left on the loop once the watch is over."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with loopwatch.watch(threshold=0.1, sinks=[]):
+            await asyncio.sleep(0.05)
+            assert any(h._callback.__qualname__.startswith("DoorTimer")  # type: ignore[attr-defined]
+                       for h in loop._scheduled)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.01)
+        assert not [h for h in loop._scheduled  # type: ignore[attr-defined]
+                    if not h.cancelled() and "DoorTimer" in h._callback.__qualname__]
+
+    asyncio.run(main())
