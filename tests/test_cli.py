@@ -147,7 +147,7 @@ def test_demo_finds_five_kinds_of_block(tmp_path: Path) -> None:
     assert "loopwatch: 5 blocks" in result.stderr
     for function in ("rate_limit", "hash_password", "parse_payload", "call_api",
                      "save_audit_log"):
-        assert f"in {function}" in result.stderr
+        assert f"in {function}" in result.stderr, result.stderr
 
 
 def test_version_and_the_program_named_as_invoked(tmp_path: Path) -> None:
