@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections import Counter
@@ -153,3 +154,28 @@ def test_a_cut_names_user_code_only() -> None:
                        user_code=UserCode())
     assert (cut.site, cut.function, cut.loop) == (f"{APP}:7", "handler", "L")
     assert cut.duration == pytest.approx(0.02)
+
+
+# -- the task's own line, when no sample shows the program's code ---------------------------
+
+CALL_SOON = Frame(os.path.join(os.path.dirname(asyncio.__file__), "base_events.py"), 751,
+                  "call_soon")
+
+
+def test_a_block_whose_only_sample_is_past_its_task_is_the_tasks() -> None:
+    """A C call that held the GIL let the watchdog in only once the task had returned (in
+    asyncio's call_soon): the site is where the task's coroutine begins."""
+    parse = Frame(APP, 30, "parse_payload")
+    block = block_of(observed(stacks={(CALL_SOON,): 1}, task_frame=parse))
+    assert (block.site, block.function) == (parse.location, "parse_payload")
+    assert block.frames == (CALL_SOON,)  # the stack is still what was sampled
+
+
+def test_a_sample_of_the_programs_code_wins_over_the_tasks_line() -> None:
+    block = block_of(observed(stacks={(handler, decode): 2}, task_frame=Frame(APP, 3, "main")))
+    assert block.site == handler.location
+
+
+def test_a_task_in_library_code_does_not_name_the_block() -> None:
+    block = block_of(observed(stacks={(CALL_SOON,): 1}, task_frame=decode))
+    assert block.site == CALL_SOON.location

@@ -82,6 +82,9 @@ class Observed:
     credits: Mapping[tuple[Frame, ...], int] = field(default_factory=dict)
     task: str | None = None
     coroutine: str | None = None
+    #: where the block's task was when first seen: its coroutine's line, or where the
+    #: coroutine begins once it has returned (the site when no sample shows user code)
+    task_frame: Frame | None = None
     request: str | None = None
     callback: str | None = None
     #: looks at the iteration, those that came late, and the lateness in all
@@ -340,6 +343,14 @@ def block(
     )
     weighted = weigh(observed)
     frames, site_frame = choose_site(weighted, user_code)
+    task_frame = observed.task_frame
+    if task_frame is not None and user_code.site_index((task_frame,)) is not None and (
+        site_frame is None or user_code.site_index((site_frame,)) is None
+    ):
+        # No sample shows the program's code: a C call that held the GIL lets the
+        # watchdog in only where the interpreter next checks, which may be past the
+        # task's end (in asyncio's call_soon). The task it ran for says whose it was.
+        site_frame = task_frame
     held = gil_held(observed)
     mostly_gc = observed.gc_time > 0.5 * observed.duration
     kind: Kind = "gc" if mostly_gc else classify(ratio)

@@ -62,6 +62,17 @@ def _overlap(spans: Iterable[tuple[float, float]], start: float, end: float) -> 
                if stop > start and began < end)
 
 
+def _where_coroutine_is(coro: Any) -> Frame | None:
+    """The line a task's coroutine is at, or where it begins once it has returned."""
+    frame = getattr(coro, "cr_frame", None)
+    if frame is not None:
+        return Frame(frame.f_code.co_filename, frame.f_lineno or 0, frame.f_code.co_name)
+    code = getattr(coro, "cr_code", None)
+    if code is not None:
+        return Frame(code.co_filename, code.co_firstlineno, code.co_name)
+    return None
+
+
 def _running_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
     """The task that ``loop`` is running right now, asked from another thread.
 
@@ -278,6 +289,11 @@ class Looker:
         # Not those that ended after this look began (it was kept waiting for the GIL,
         # in a ping): a stop meanwhile is measured by the next look, which finishes them.
         self.finish_ended(probe, settings, math.inf if flush else now)
+        if start != wd.seen_start and any(ended[0] == wd.seen_start for ended in probe.ended):
+            # The iteration seen ended while this look waited (left for the next look,
+            # above): the next look finishes it, with what was seen of it, and looks at
+            # what the loop runs now.
+            return False
         if start != wd.seen_start:
             timed = isinstance(probe, SelectorProbe) and probe.exact
             if wd.seen_start and wd.samples and not timed:
@@ -289,10 +305,10 @@ class Looker:
             wd.before = wd.last
             wd.seen_start = start
             wd.samples = Counter()
-            wd.task = wd.coroutine = wd.request = wd.span = None
+            wd.task = wd.coroutine = wd.request = wd.span = wd.task_frame = None
             wd.queued_from = None
             wd.throttled_from = None
-            wd.root, wd.root_changed, wd.sampled_at, wd.root_reading = None, None, 0.0, None
+            wd.callbacks.clear()
             wd.last_sample, wd.credits = None, {}
             wd.wakes = 1 if start else 0
             wd.late_wakes = 1 if start and late > LATE else 0
@@ -343,14 +359,8 @@ class Looker:
         wd.samples[raw] += 1
         wd.last_sample = raw
         if isinstance(probe, HeartbeatProbe):
-            root = probe.callback_root(frame)
-            if root != wd.root:
-                # (a first sample says nothing of what ran before it)
-                wd.root = root
-                wd.root_changed = (wd.sampled_at, now) if wd.sampled_at else None
-                # the CPU clock as the last callback ran: the new one's reference
-                wd.root_reading = previous if wd.sampled_at else None
-            wd.sampled_at = now
+            # (the clock at the look before: the reference of a callback seen first now)
+            wd.callbacks.sampled(probe.callback_root(frame), now, previous)
         if wd.task is None:
             loop = probe.loop
             task = _running_task(loop) if loop is not None else None
@@ -358,6 +368,7 @@ class Looker:
                 wd.task = task.get_name()
                 coro = task.get_coro()
                 wd.coroutine = getattr(coro, "__qualname__", None) or repr(coro)
+                wd.task_frame = _where_coroutine_is(coro)
                 wd.request = request_of(task)
                 wd.span = span_of(task)
                 wd.served = wd.served or wd.request is not None
@@ -486,11 +497,12 @@ class Looker:
             # finished: not to be finished again (by a tick) when the loop moves on
             wd.samples = Counter()
             wd.seen_start = -1.0
-        if seen and wd.root is not None and wd.root_changed is not None:
-            # A heartbeat loop: the block is the callback the samples saw last, from
-            # when it began (between two samples), not every callback since the ping.
-            start = max(start, sum(wd.root_changed) / 2)
-            reference = wd.root_reading or reference
+        blocking = wd.callbacks.blocking(start, end) if seen else None
+        if blocking is not None:
+            # A heartbeat loop: the block is the callback that blocked (sampled most),
+            # not every callback between the ping and its answer.
+            start, end, before = blocking
+            reference = before or reference
         paused, held = self._not_run_in(wd, start, end)
         if start < wd.stall_reported_at:
             # The stretch up to then was reported as a stall from the looks around it.
@@ -507,6 +519,7 @@ class Looker:
             credits=_frames_of(Counter(wd.credits)) if seen else {},
             task=wd.task if seen else None,
             coroutine=wd.coroutine if seen else None,
+            task_frame=wd.task_frame if seen else None,
             request=wd.request if seen else None,
             callback=callback,
             wakes=wd.wakes if seen else 0,

@@ -80,6 +80,65 @@ class BusyShare:
 
 
 @dataclass
+class Run:
+    """One callback of a heartbeat loop, as the samples saw it run."""
+
+    root: int | None
+    first: float
+    last: float
+    count: int
+    #: the loop thread's clock at the look before its first sample
+    before: Reading | None
+
+
+class Callbacks:
+    """The callbacks a heartbeat loop ran, in turn, as the samples of one busy stretch saw
+    them (see HeartbeatProbe.callback_root): which one blocked, and from when to when.
+
+    A heartbeat only says the loop was busy from a ping to its answer; the loop
+    may have run other callbacks before and after the one that blocked.
+    """
+
+    #: runs kept: a pathological stretch must not make an endless list
+    KEEP = 64
+
+    def __init__(self) -> None:
+        self.runs: list[Run] = []
+
+    def clear(self) -> None:
+        self.runs = []
+
+    def sampled(self, root: int | None, now: float, before: Reading | None) -> None:
+        runs = self.runs
+        if runs and runs[-1].root == root:
+            runs[-1].last = now
+            runs[-1].count += 1
+            return
+        runs.append(Run(root, now, now, 1, before))
+        if len(runs) > self.KEEP:
+            del runs[0]
+
+    def blocking(self, start: float, end: float) -> tuple[float, float, Reading | None] | None:
+        """(start, end, reading before it) of the callback sampled most (the latest of
+        equals), each end halfway to the next other callback's sample; None if no sample
+        saw a callback."""
+        runs = self.runs
+        seen = [(run.count, run.first, index) for index, run in enumerate(runs)
+                if run.root is not None]
+        if not seen:
+            return None
+        index = max(seen)[2]
+        run = runs[index]
+        before = None
+        if index > 0:
+            start = max(start, (runs[index - 1].last + run.first) / 2)
+            before = run.before
+        if index < len(runs) - 1:
+            end = min(end, (run.last + runs[index + 1].first) / 2)
+        return start, end, before
+
+
+@dataclass
 class Tracking:
     """Watchdog-side state of one probe."""
 
@@ -89,6 +148,8 @@ class Tracking:
     samples: Counter[RawStack] = field(default_factory=Counter)
     task: str | None = None
     coroutine: str | None = None
+    #: where the task's coroutine was when first seen (see assemble.Observed.task_frame)
+    task_frame: Frame | None = None
     #: the request the task served ("GET /users/{id}"), as a string only
     request: str | None = None
     #: the task's OpenTelemetry span, held until the block is handed on
@@ -123,12 +184,8 @@ class Tracking:
     held: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))
     #: the loop thread's clock at the end of the latest iteration finished
     ended_at: Reading | None = None
-    #: heartbeat loops: the callback the latest sample saw (see HeartbeatProbe.callback_root),
-    #: when that sample was taken, and between which samples the callback last changed
-    root: int | None = None
-    sampled_at: float = 0.0
-    root_changed: tuple[float, float] | None = None
-    root_reading: Reading | None = None
+    #: heartbeat loops: the callbacks the samples saw, in turn (see Callbacks)
+    callbacks: Callbacks = field(default_factory=lambda: Callbacks())
     #: the loop has served a request (blocks before that may be start-up)
     served: bool = False
     #: the end of the latest iteration finished (or stall reported) on this loop
