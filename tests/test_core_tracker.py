@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loopwatch._core.tracker import WINDOW, BusyShare
+from loopwatch._core.assemble import Reading
+from loopwatch._core.tracker import WINDOW, BusyShare, Callbacks
 
 
 def test_time_between_looks_counts_as_what_the_look_found() -> None:
@@ -58,3 +59,33 @@ def test_busy_share_keeps_a_bounded_history_of_whole_windows() -> None:
     starts = [start for start, _ in share.history]
     assert starts == sorted(starts) and starts[-1] == HISTORY + 3
     assert {round(s, 2) for _, s in share.history} == {0.0, 0.5}
+
+
+def test_a_waiting_callback_after_a_computing_one_starts_where_the_cpu_says() -> None:
+    """A callback computed (samples at 0 and 10 ms), then one slept (samples from 100 ms on,
+    the CPU clock standing still): the sleep began at 60 ms, when the CPU clock stopped,
+    not halfway between the samples (55 ms)."""
+
+    callbacks = Callbacks()
+    computing, sleeping = 1, 2
+    callbacks.sampled(computing, 0.00, None, Reading(0.00, (0.00, None)))
+    callbacks.sampled(computing, 0.01, None, Reading(0.01, (0.01, None)))
+    for at in (0.10, 0.13, 0.17):
+        callbacks.sampled(sleeping, at, Reading(0.01, (0.01, None)), Reading(at, (0.06, None)))
+    found = callbacks.blocking(0.0, 0.18)
+    assert found is not None
+    start, end, before = found
+    assert start == pytest.approx(0.06)
+    assert end == 0.18
+    assert before == Reading(0.10, (0.06, None))  # its own CPU counts from its first sample
+
+
+def test_callbacks_of_one_kind_hand_over_halfway() -> None:
+
+    callbacks = Callbacks()
+    callbacks.sampled(1, 0.00, None, Reading(0.00, (0.00, None)))
+    callbacks.sampled(1, 0.01, None, Reading(0.01, (0.01, None)))
+    for at in (0.10, 0.13, 0.17):
+        callbacks.sampled(2, at, None, Reading(at, (at - 0.01, None)))
+    found = callbacks.blocking(0.0, 0.18)
+    assert found is not None and found[0] == pytest.approx(0.055)

@@ -360,7 +360,7 @@ class Looker:
         wd.last_sample = raw
         if isinstance(probe, HeartbeatProbe):
             # (the clock at the look before: the reference of a callback seen first now)
-            wd.callbacks.sampled(probe.callback_root(frame), now, previous)
+            wd.callbacks.sampled(probe.callback_root(frame), now, previous, wd.last)
         if wd.task is None:
             loop = probe.loop
             task = _running_task(loop) if loop is not None else None

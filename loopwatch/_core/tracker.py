@@ -6,7 +6,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopwatch._core.assemble import Clock, Reading
+from loopwatch._core.assemble import Clock, Reading, queued_between
 from loopwatch.model import Frame
 from loopwatch.stacks import RawStack
 
@@ -89,6 +89,25 @@ class Run:
     count: int
     #: the loop thread's clock at the look before its first sample
     before: Reading | None
+    #: the loop thread's clock at its first and at its latest sample
+    at_first: Reading | None = None
+    at_last: Reading | None = None
+
+    def cpu_share(self) -> float | None:
+        """The share of its sampled span it computed or wanted to (None: too short to tell)."""
+        a, b = self.at_first, self.at_last
+        if a is None or b is None or b.at - a.at < 0.002:
+            return None
+        wanted = _wanted_cpu(a, b)
+        return None if wanted is None else min(1.0, max(0.0, wanted / (b.at - a.at)))
+
+
+def _wanted_cpu(a: Reading, b: Reading) -> float | None:
+    """Seconds the loop's thread computed or sat waiting for a CPU between two readings:
+    on a busy machine a computing callback waits for a CPU, a sleeping one does not."""
+    if a.cpu is None or b.cpu is None:
+        return None
+    return b.cpu[0] - a.cpu[0] + queued_between(a.cpu, b.cpu)
 
 
 class Callbacks:
@@ -108,20 +127,24 @@ class Callbacks:
     def clear(self) -> None:
         self.runs = []
 
-    def sampled(self, root: int | None, now: float, before: Reading | None) -> None:
+    def sampled(
+        self, root: int | None, now: float, before: Reading | None, reading: Reading | None
+    ) -> None:
+        """A sample at ``now`` saw ``root`` running; ``reading``: the clock read by this look."""
         runs = self.runs
         if runs and runs[-1].root == root:
             runs[-1].last = now
             runs[-1].count += 1
+            runs[-1].at_last = reading
             return
-        runs.append(Run(root, now, now, 1, before))
+        runs.append(Run(root, now, now, 1, before, reading, reading))
         if len(runs) > self.KEEP:
             del runs[0]
 
     def blocking(self, start: float, end: float) -> tuple[float, float, Reading | None] | None:
-        """(start, end, reading before it) of the callback sampled most (the latest of
-        equals), each end halfway to the next other callback's sample; None if no sample
-        saw a callback."""
+        """(start, end, the clock reading to count its CPU from) of the callback sampled
+        most (the latest of equals), each end where the neighbouring callback took over
+        (see _handover); None if no sample saw a callback."""
         runs = self.runs
         seen = [(run.count, run.first, index) for index, run in enumerate(runs)
                 if run.root is not None]
@@ -131,11 +154,39 @@ class Callbacks:
         run = runs[index]
         before = None
         if index > 0:
-            start = max(start, (runs[index - 1].last + run.first) / 2)
-            before = run.before
+            start = max(start, _handover(runs[index - 1], run))
+            # its own CPU and run-queue time count from its first sample: what the loop's
+            # thread did before then may be the callback before's
+            before = run.at_first or run.before
         if index < len(runs) - 1:
-            end = min(end, (run.last + runs[index + 1].first) / 2)
+            end = min(end, _handover(run, runs[index + 1]))
         return start, end, before
+
+
+def _handover(earlier: Run, later: Run) -> float:
+    """When ``later`` took over from ``earlier``, between the last sample of one and the
+    first of the other.
+
+    Halfway, unless one computed and the other waited: then the CPU the loop's
+    thread used in between says how much of the gap was the computing one's
+    (the samples are far apart on a busy machine, and halfway is far off).
+    """
+    a, b = earlier.at_last, later.at_first
+    halfway = (earlier.last + later.first) / 2
+    used = None if a is None or b is None or b.at <= a.at else _wanted_cpu(a, b)
+    if a is None or b is None or used is None:
+        return halfway
+    first, second = earlier.cpu_share(), later.cpu_share()
+    if first is None and second is not None and abs(second - 0.5) > 0.3:
+        first = 1.0 - second  # (one computing, one waiting: the other is the other kind)
+    if second is None and first is not None and abs(first - 0.5) > 0.3:
+        second = 1.0 - first
+    if first is None or second is None or abs(first - second) < 0.5:
+        return halfway
+    gap = b.at - a.at
+    # used = first * x + second * (gap - x), for x the earlier one's part of the gap
+    part = (used - second * gap) / (first - second)
+    return a.at + min(gap, max(0.0, part))
 
 
 @dataclass
