@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import os
 import time
 from collections import Counter, deque
@@ -286,14 +285,7 @@ class Looker:
         if not flush:
             # before the iterations that ended are finished: one may span the pause
             self._note_pause(wd, read_at, cpu, [ended[1] for ended in probe.ended], start)
-        # Not those that ended after this look began (it was kept waiting for the GIL,
-        # in a ping): a stop meanwhile is measured by the next look, which finishes them.
-        self.finish_ended(probe, settings, math.inf if flush else now)
-        if start != wd.seen_start and any(ended[0] == wd.seen_start for ended in probe.ended):
-            # The iteration seen ended while this look waited (left for the next look,
-            # above): the next look finishes it, with what was seen of it, and looks at
-            # what the loop runs now.
-            return False
+        self.finish_ended(probe, settings)
         if start != wd.seen_start:
             timed = isinstance(probe, SelectorProbe) and probe.exact
             if wd.seen_start and wd.samples and not timed:
@@ -374,15 +366,15 @@ class Looker:
                 wd.served = wd.served or wd.request is not None
         return True
 
-    def finish_ended(self, probe: Probe, settings: Settings, until: float = math.inf) -> None:
-        """Finish the iterations the loop thread recorded as ended (by ``until``)."""
-        if not probe.ended or probe.ended[0][1] > until:
+    def finish_ended(self, probe: Probe, settings: Settings) -> None:
+        """Finish the iterations the loop thread recorded as ended."""
+        if not probe.ended:
             return
         # Set before the first is taken off the list: a reader flushing from another
         # thread then knows a block is on its way and waits for the look to hand it on.
         self.finishing = True
         try:
-            while probe.ended and probe.ended[0][1] <= until:
+            while probe.ended:
                 began, ended, clock, resolution, callback, tag = probe.ended.popleft()
                 self._finish(probe, began, ended, clock, settings, resolution, callback, tag)
         finally:
