@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import time
 from collections import Counter, deque
@@ -285,7 +286,14 @@ class Looker:
         if not flush:
             # before the iterations that ended are finished: one may span the pause
             self._note_pause(wd, read_at, cpu, [ended[1] for ended in probe.ended], start)
-        self.finish_ended(probe, settings)
+        # A look that was itself held up (stopped, or kept from the GIL) leaves what
+        # ended meanwhile to the next look: a stop then is measured by that look first.
+        held_up = not flush and time.monotonic() - now > LATE
+        self.finish_ended(probe, settings, now if held_up else math.inf)
+        if held_up and start != wd.seen_start and any(
+            ended[0] == wd.seen_start for ended in probe.ended
+        ):
+            return False  # the iteration seen is among them: finished, as seen, next look
         if start != wd.seen_start:
             timed = isinstance(probe, SelectorProbe) and probe.exact
             if wd.seen_start and wd.samples and not timed:
@@ -366,15 +374,15 @@ class Looker:
                 wd.served = wd.served or wd.request is not None
         return True
 
-    def finish_ended(self, probe: Probe, settings: Settings) -> None:
-        """Finish the iterations the loop thread recorded as ended."""
-        if not probe.ended:
+    def finish_ended(self, probe: Probe, settings: Settings, until: float = math.inf) -> None:
+        """Finish the iterations the loop thread recorded as ended (by ``until``)."""
+        if not probe.ended or probe.ended[0][1] > until:
             return
         # Set before the first is taken off the list: a reader flushing from another
         # thread then knows a block is on its way and waits for the look to hand it on.
         self.finishing = True
         try:
-            while probe.ended:
+            while probe.ended and probe.ended[0][1] <= until:
                 began, ended, clock, resolution, callback, tag = probe.ended.popleft()
                 self._finish(probe, began, ended, clock, settings, resolution, callback, tag)
         finally:
