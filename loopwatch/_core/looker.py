@@ -170,12 +170,10 @@ class Looker:
             return
         # Up to where an iteration was finished and judged, the stretch is accounted for.
         begin = max(last.at, wd.finished_to)
-        if start and start <= begin:
-            return  # the iteration in progress spans it: judged when it ends
         # An iteration in progress is judged when it ends: only what came before it here.
         upto = start or now
         if upto <= begin:
-            return
+            return  # (one in progress since then spans the stretch)
         paused, held = self._not_run_in(wd, begin, upto)
         ran = cpu[0] - last.cpu[0] if cpu is not None and last.cpu is not None else 0.0
         counted = last.cpu
